@@ -1,0 +1,152 @@
+"""Where training text comes from: files, folders, or the built-in default corpus.
+
+Text is read in chunks through an incremental decoder, so a corpus of any size is never
+held in memory whole, and a bad byte is reported with its file and byte offset. The
+default corpus is the Python standard library of the running interpreter: about 12 MB of
+real code on every machine, rich in brackets, quotes and indentation.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import sysconfig
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CharlmError, UsageError
+
+CHUNK_BYTES = 4 << 20
+SNIFF_BYTES = 8192
+_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """An ordered list of text files, read as one text (files joined by newlines)."""
+
+    files: tuple[Path, ...]
+    encoding: str = "utf-8"
+    errors: str = "strict"  # or "replace": undecodable bytes become U+FFFD
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    @property
+    def name(self) -> str:
+        return self.files[0].stem if len(self.files) == 1 else f"{self.files[0].parent.name or 'corpus'}"
+
+    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+        """Yield the text in pieces; each file ends with a newline before the next begins."""
+        for path in self.files:
+            yield from _read_file(path, self.encoding, self.errors, chunk_bytes)
+
+    def read(self) -> str:
+        return "".join(self.chunks())
+
+
+def default_corpus_files() -> list[Path]:
+    """The standard library's .py files in a fixed order, without tests or installed packages."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        files.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py"))
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def open_corpus(paths: Sequence[Path | str], encoding: str = "utf-8", errors: str = "strict") -> Corpus:
+    """Resolve files and folders (recursively) into a Corpus; no paths means the default corpus."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UsageError(f"--encoding: unknown encoding {encoding!r}") from None
+    if errors not in ("strict", "replace"):
+        raise UsageError(f"--errors: expected 'strict' or 'replace', got {errors!r}")
+    if not paths:
+        files = default_corpus_files()
+        if not files:
+            raise CharlmError("no default corpus: the Python standard library sources were not found")
+        return Corpus(tuple(files), "utf-8", "replace")
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = list(_walk_text_files(path, sniff=not _wide(encoding)))
+            if not found:
+                raise UsageError(f"{path}: folder holds no text files")
+            files.extend(found)
+        elif path.is_file():
+            if not _wide(encoding):
+                _check_text_file(path)
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    if all(f.stat().st_size == 0 for f in files):
+        raise UsageError(f"{files[0] if len(files) == 1 else 'corpus'}: is empty, nothing to train on")
+    return Corpus(tuple(files), encoding, errors)
+
+
+def _wide(encoding: str) -> bool:
+    """UTF-16 and UTF-32 text is full of NUL bytes, so the binary sniff does not apply."""
+    return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+
+
+def _walk_text_files(folder: Path, sniff: bool) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not name.startswith(".") and path.is_file() and not (sniff and _nul_offset(path) is not None):
+                yield path
+
+
+def _nul_offset(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    at = head.find(b"\x00")
+    return None if at < 0 else at
+
+
+def _check_text_file(path: Path) -> None:
+    try:
+        at = _nul_offset(path)
+    except OSError as e:
+        raise CharlmError(f"{path}: cannot read: {e.strerror}") from None
+    if at is not None:
+        raise UsageError(f"{path}: looks like a binary file (NUL byte at offset {at}), not text")
+
+
+def _read_file(path: Path, encoding: str, errors: str, chunk_bytes: int) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder(encoding)(errors=errors)
+    offset = 0
+    last = ""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CharlmError(f"{path}: cannot read: {e.strerror}") from None
+    with f:
+        while True:
+            data = f.read(chunk_bytes)
+            final = not data
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(data, final=final)
+            except UnicodeDecodeError as e:
+                at = offset - pending + e.start
+                raise CharlmError(
+                    f"{path}: byte 0x{e.object[e.start]:02x} at offset {at} is not valid {encoding} "
+                    f"(use --encoding, or --errors replace)"
+                ) from None
+            offset += len(data)
+            if "\x00" in text:
+                raise CharlmError(f"{path}: holds NUL characters; it looks binary, not text")
+            if text:
+                last = text
+                yield text
+            if final:
+                break
+    if last and not last.endswith("\n"):
+        yield "\n"

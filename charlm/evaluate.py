@@ -1,0 +1,134 @@
+"""How well a model predicts held-out text, in nats and bits per character.
+
+The text is cut into a few long contiguous streams that are run side by side, each with
+its hidden state carried from chunk to chunk, so almost every character is predicted with
+its full left context while the work stays batched. Losses are summed over tokens and
+divided by characters, so char, unigram and bpe models are compared on the same footing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import CharRNN, detach_hidden
+
+DEFAULT_STREAMS = 32
+MIN_STREAM_TOKENS = 2048  # shorter texts run as fewer streams, so context is rarely cut
+CHUNK = 256
+
+
+@dataclass
+class EvalResult:
+    nats: float  # summed negative log-likelihood
+    chars: int  # characters predicted
+    tokens: int
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.nats / max(self.chars, 1)
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.nats_per_char, 700.0))
+
+    def as_dict(self) -> dict:
+        return {
+            "nats_per_char": self.nats_per_char,
+            "bits_per_char": self.bits_per_char,
+            "perplexity": self.perplexity,
+            "chars": self.chars,
+        }
+
+
+@torch.no_grad()
+def token_losses(
+    model: CharRNN,
+    tokens: np.ndarray,
+    device: str | torch.device = "cpu",
+    streams: int = DEFAULT_STREAMS,
+    chunk: int = CHUNK,
+) -> torch.Tensor:
+    """Negative log-likelihood of each token after the first: a float32 tensor of len(tokens)-1."""
+    n = len(tokens) - 1
+    if n <= 0:
+        return torch.zeros(0)
+    streams = max(1, min(streams, n // MIN_STREAM_TOKENS))
+    length = -(-n // streams)  # ceil
+    pad = streams * length - n
+    ids = torch.from_numpy(np.asarray(tokens).astype(np.int64))
+    inputs = F.pad(ids[:-1], (0, pad)).view(streams, length)
+    targets = F.pad(ids[1:], (0, pad), value=-100).view(streams, length)
+    was_training = model.training
+    model.eval()
+    losses = torch.empty(streams, length)
+    hidden = None
+    for start in range(0, length, chunk):
+        x = inputs[:, start : start + chunk].to(device)
+        y = targets[:, start : start + chunk].to(device)
+        logits, _, hidden = model(x, hidden)
+        hidden = detach_hidden(hidden)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
+        losses[:, start : start + chunk] = nll.view(y.shape).cpu()
+    model.train(was_training)
+    return losses.flatten()[:n]
+
+
+def evaluate_tokens(model: CharRNN, tokens: np.ndarray, chars: int, device="cpu", streams=DEFAULT_STREAMS) -> EvalResult:
+    """Total loss of a token sequence whose text is `chars` characters long."""
+    losses = token_losses(model, tokens, device, streams)
+    return EvalResult(nats=float(losses.double().sum()), chars=max(chars, 0), tokens=len(losses))
+
+
+@dataclass
+class EvalReport:
+    """The result of `charlm eval` for one checkpoint, with what --show needs."""
+
+    checkpoint: str
+    result: EvalResult
+    shown: list[tuple[str, float | None]]  # (text of a token, its loss in nats) for the start of the text
+
+
+def evaluate_text(checkpoint, corpus, device="cpu", keep_losses: bool = False, show_chars: int = 3000,
+                  streams: int = DEFAULT_STREAMS) -> EvalReport:
+    """Evaluate a checkpoint (path) on a Corpus of held-out text."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+
+    payload = load_checkpoint(checkpoint)
+    model, tokenizer = model_from_checkpoint(payload, device)
+    parts, total_chars = [], 0
+    for chunk in corpus.chunks():
+        parts.append(tokenizer.encode(chunk))
+        total_chars += len(chunk)
+    tokens = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    if len(tokens) < 2:
+        from .errors import UsageError
+
+        raise UsageError(f"{corpus.files[0]}: too short to evaluate (at least 2 characters are needed)")
+    losses = token_losses(model, tokens, device, streams)
+    first = len(tokenizer.decode(tokens[:1])) or 1
+    result = EvalResult(nats=float(losses.double().sum()), chars=total_chars - first, tokens=len(losses))
+    shown: list[tuple[str, float | None]] = []
+    if keep_losses:
+        decoder = tokenizer.stream_decoder()
+        pending = 0.0
+        count = 0
+        for i, token in enumerate(tokens[: show_chars * 4].tolist()):
+            loss = None if i == 0 else float(losses[i - 1])
+            text = decoder(token)
+            pending += loss or 0.0
+            if text:
+                shown.append((text, pending if i > 0 else None))
+                pending = 0.0
+                count += len(text)
+                if count >= show_chars:
+                    break
+    return EvalReport(checkpoint=str(payload["path"]), result=result, shown=shown)

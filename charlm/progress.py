@@ -1,0 +1,153 @@
+"""What a training run shows while it works.
+
+The trainer reports events to a `Reporter`; the base class ignores them (library use,
+tests), `RichReporter` draws a live progress line on stderr (step, loss, validation
+bits/char, chars/s, elapsed and remaining time) with a short sample printed above it at
+every validation, so the user can watch the model learn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.table import Table
+from rich.text import Text
+
+LN2 = math.log(2)
+
+
+class Reporter:
+    """Receives training events and shows nothing."""
+
+    def message(self, text: str) -> None: ...
+
+    @contextmanager
+    def task(self, description: str) -> Iterator[Callable[[int, int], None]]:
+        yield lambda done, total: None
+
+    def summary(self, **info: Any) -> None: ...
+
+    def start(self, progress: float) -> None: ...
+
+    def update(self, *, step: int, loss: float, val: float | None, chars_per_sec: float, progress: float,
+               elapsed: float) -> None: ...
+
+    def validated(self, *, step: int, val: float) -> None: ...
+
+    def sample(self, step: int, text: str) -> None: ...
+
+    def finish(self, *, step: int, loss: float, val: float | None, elapsed: float) -> None: ...
+
+
+NullReporter = Reporter
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-:--:--"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class RichReporter(Reporter):
+    def __init__(self, console: Console):
+        self.console = console
+        self._progress: Progress | None = None
+        self._task = None
+
+    def message(self, text: str) -> None:
+        self.console.print(Text(text, style="dim"))
+
+    @contextmanager
+    def task(self, description: str):
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=None)
+
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            yield advance
+
+    def summary(self, **info: Any) -> None:
+        model, config = info["model"], info["config"]
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        rows = [
+            ("run", str(info["out_dir"])),
+            ("model", f"{model.cell.upper()} {model.layers}x{model.hidden}, embedding {model.embedding}, "
+                      f"{info['params']:,} parameters"),
+            ("data", f"{info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation, "
+                     f"vocabulary {info['vocab']:,} ({config.tokenizer})"),
+            ("steps", f"batch {config.batch_size} x seq {config.seq_len}, lr {config.lr:g} ({config.schedule}), "
+                      f"stop after {_stops(config)}"),
+            ("device", info["device"]),
+        ]
+        if info.get("resumed_at") is not None:
+            rows.append(("resumed", f"at step {info['resumed_at']}"))
+        for key, value in rows:
+            table.add_row(key, Text(value))
+        self.console.print(table)
+
+    def start(self, progress: float) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]step {task.fields[step]:>6}"),
+            BarColumn(bar_width=24),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val {task.fields[val]} bpc"),
+            TextColumn("{task.fields[speed]} chars/s"),
+            TimeElapsedColumn(),
+            TextColumn("left {task.fields[left]}"),
+            console=self.console,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=1.0, completed=progress, step=0, loss="-",
+                                             val="-", speed="-", left="-")
+
+    def update(self, *, step, loss, val, chars_per_sec, progress, elapsed) -> None:
+        if self._progress is None:
+            return
+        left = elapsed * (1 - progress) / progress if progress > 0 else math.inf
+        self._progress.update(self._task, completed=min(progress, 1.0), step=step, loss=f"{loss:.3f}",
+                              val=_bpc(val), speed=f"{chars_per_sec:,.0f}", left=_clock(left))
+
+    def validated(self, *, step, val) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, val=_bpc(val))
+
+    def sample(self, step: int, text: str) -> None:
+        if text:
+            self.console.print(Panel(Text(text), title=f"sample at step {step}", title_align="left",
+                                     border_style="dim"))
+
+    def finish(self, *, step, loss, val, elapsed) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=1.0, step=step, val=_bpc(val))
+            self._progress.stop()
+            self._progress = None
+        line = f"done: {step} steps in {_clock(elapsed)}"
+        if val is not None:
+            line += f", validation {val:.4f} nats/char = {val / LN2:.4f} bits/char"
+        self.console.print(Text(line, style="bold"))
+
+
+def _bpc(val: float | None) -> str:
+    return "-" if val is None else f"{val / LN2:.3f}"
+
+
+def _stops(config) -> str:
+    stops = []
+    if config.max_steps:
+        stops.append(f"{config.max_steps} steps")
+    if config.epochs:
+        stops.append(f"{config.epochs:g} epochs")
+    if config.time_budget:
+        stops.append(f"{config.time_budget:g}s")
+    return " or ".join(stops) or "-"

@@ -1,0 +1,550 @@
+"""Training: teacher forcing and truncated backpropagation through time over contiguous streams.
+
+Each step feeds `seq_len` true characters of every stream (teacher forcing), backpropagates
+through those steps only, and carries the detached hidden state into the next step, so the
+model sees unbroken text while gradients stay bounded in length. AdamW with gradient-norm
+clipping; the learning rate warms up, then decays over whichever stop was given (steps,
+epochs or a time budget). Validation runs over the whole held-out split, paced so that it
+and the progress samples take a few percent of the time. `best.pt` keeps the lowest
+validation loss, `last.pt` the latest state; both are enough to resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import load_checkpoint, save_checkpoint
+from .corpus import Corpus
+from .data import StreamBatches, encode_corpus, split_tokens
+from .errors import CharlmError, UsageError
+from .evaluate import evaluate_tokens
+from .model import CharRNN, ModelConfig, detach_hidden
+from .progress import NullReporter, Reporter
+from .sample import generate
+from .tokenizer import Tokenizer, train_tokenizer
+
+SCHEDULES = ("linear", "cosine", "constant")
+EVAL_SHARE = 0.04  # at most this share of training time goes to validation and samples
+MAX_BAD_STEPS = 8  # consecutive non-finite steps before training gives up
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0 turns clipping off
+    warmup_steps: int = 30
+    schedule: str = "linear"  # decay to min_lr_fraction * lr at the stop; "constant" never decays
+    min_lr_fraction: float = 0.01
+    max_steps: int | None = None
+    epochs: float | None = None
+    time_budget: float | None = None  # seconds of training, across resumes
+    val_fraction: float = 0.1
+    checkpoint_every: int | None = None  # steps; last.pt is also written at every validation
+    sample_length: int = 200
+    seed: int = 1337
+    device: str = "auto"
+    tokenizer: str = "char"
+    vocab_size: int | None = None
+
+    def validate(self) -> None:
+        positive = ["batch_size", "seq_len", "lr", "max_steps", "epochs", "time_budget", "checkpoint_every"]
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')}: must be positive, got {value}")
+        if not 0 <= self.val_fraction < 1:
+            raise UsageError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise UsageError("--grad-clip, --weight-decay and --warmup-steps must not be negative")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+
+    @property
+    def stop_given(self) -> bool:
+        return any(v is not None for v in (self.max_steps, self.epochs, self.time_budget))
+
+
+@dataclass
+class TrainState:
+    """Where a run is: everything besides weights and optimizer that resuming needs."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_index: int = 0  # next batch within the epoch
+    elapsed: float = 0.0  # seconds spent training, across resumes
+    best_val: float = math.inf  # nats per char
+    lr_scale: float = 1.0  # halved after each non-finite step
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    elapsed: float
+    best_val: float  # nats per char
+    last_val: float | None
+    chars_per_sec: float
+    stopped_by: str
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: no Apple GPU is available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device: expected auto, cpu, cuda or mps, got {name!r}")
+    return torch.device(name)
+
+
+def lr_at(config: TrainConfig, step: int, progress: float) -> float:
+    """Learning rate for `step`, `progress` being the fraction of the run done (0..1)."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.schedule == "constant":
+        return config.lr * warm
+    floor = config.min_lr_fraction
+    progress = min(max(progress, 0.0), 1.0)
+    if config.schedule == "cosine":
+        decay = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    else:
+        decay = 1 - (1 - floor) * progress
+    return config.lr * warm * decay
+
+
+class Trainer:
+    """Owns a run: model, optimizer, data position, carried state, and its folder."""
+
+    def __init__(
+        self,
+        model: CharRNN,
+        tokenizer: Tokenizer,
+        train_tokens: np.ndarray,
+        val_tokens: np.ndarray,
+        val_chars: int,
+        config: TrainConfig,
+        out_dir: Path,
+        device: torch.device,
+        reporter: Reporter | None = None,
+        corpus_info: dict[str, Any] | None = None,
+    ):
+        self.model = model.to(device)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.reporter = reporter or NullReporter()
+        self.corpus_info = corpus_info or {}
+        self.batches = StreamBatches(train_tokens, config.batch_size, config.seq_len)
+        self.val_tokens, self.val_chars = val_tokens, val_chars
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (decay if p.dim() >= 2 and not name.startswith("embed") else no_decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+            betas=(0.9, 0.99),
+            **({"fused": True} if device.type == "cuda" else {}),
+        )
+        self.state = TrainState()
+        self.hidden = model.init_hidden(config.batch_size, device)
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        )
+        self.lr = config.lr
+
+    # -- the schedule -----------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of the run done, by whichever stop comes first."""
+        c, s = self.config, self.state
+        done = []
+        if c.max_steps:
+            done.append(s.step / c.max_steps)
+        if c.epochs:
+            done.append((s.epoch + s.batch_index / max(self.batches.batches_per_epoch, 1)) / c.epochs)
+        if c.time_budget:
+            done.append(s.elapsed / c.time_budget)
+        return max(done) if done else 0.0
+
+    # -- one step ---------------------------------------------------------------------------
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One optimizer step; returns (loss, grad norm) tensors, or None if it was skipped."""
+        c, s = self.config, self.state
+        if s.batch_index >= self.batches.batches_per_epoch:
+            s.epoch += 1
+            s.batch_index = 0
+            self.hidden = self.model.init_hidden(c.batch_size, self.device)
+        x, y = self.batches.get(s.batch_index)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.lr = lr_at(c, s.step, self.progress()) * s.lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.model.train()
+        with self.autocast:
+            _, loss, hidden = self.model(x, self.hidden, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = c.grad_clip if c.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+            self._skip_bad_step()
+            return None
+        self.optimizer.step()
+        self.hidden = detach_hidden(hidden)
+        s.batch_index += 1
+        s.step += 1
+        return loss.detach(), grad_norm.detach()
+
+    def _skip_bad_step(self) -> None:
+        """A NaN/inf loss or gradient: drop the update, restart the streams' state, halve the rate."""
+        s = self.state
+        s.lr_scale *= 0.5
+        self.log({"step": s.step, "event": "non-finite loss, step skipped", "lr_scale": s.lr_scale})
+        self.hidden = self.model.init_hidden(self.config.batch_size, self.device)
+        self._bad_steps += 1
+        self.reporter.message(f"step {s.step}: non-finite loss, update skipped, learning rate x{s.lr_scale:g}")
+        if self._bad_steps >= MAX_BAD_STEPS:
+            raise CharlmError(
+                f"training diverged: {MAX_BAD_STEPS} non-finite steps in a row at step {s.step}; "
+                f"try a lower --lr or a --grad-clip; {self.out_dir / 'best.pt'} holds the best model so far"
+            )
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> float | None:
+        if len(self.val_tokens) < 2:
+            return None
+        result = evaluate_tokens(self.model, self.val_tokens, self.val_chars, self.device)
+        return result.nats_per_char
+
+    def sample_text(self) -> str:
+        if self.config.sample_length <= 0:
+            return ""
+        gen = torch.Generator().manual_seed(self.state.step)
+        pieces = generate(self.model, self.tokenizer, prime="", length=self.config.sample_length,
+                          temperature=0.8, generator=gen, device=self.device)
+        return "".join(pieces)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        c, s = self.config, self.state
+        self._bad_steps = 0
+        chars_per_step = c.batch_size * c.seq_len
+        last_val: float | None = None
+        eval_cost = 0.0  # seconds the last validation + sample took
+        next_eval = None
+        window_start, window_steps = time.perf_counter(), 0
+        chars_per_sec = 0.0
+        pending_loss: list[torch.Tensor] = []
+        pending_norm: list[torch.Tensor] = []
+        shown_loss = math.nan
+        interrupted = None
+        self.reporter.start(self.progress())
+        with _graceful_interrupts() as stop_flag:
+            while True:
+                stop = self._stop_reason_now()
+                if stop_flag.signal:
+                    interrupted = stop_flag.signal
+                    stop = f"interrupted by {interrupted}"
+                if stop:
+                    break
+                t0 = time.perf_counter()
+                out = self.train_step()
+                s.elapsed += time.perf_counter() - t0
+                if out is None:
+                    continue
+                self._bad_steps = 0
+                pending_loss.append(out[0])
+                pending_norm.append(out[1])
+                window_steps += 1
+                if c.checkpoint_every and s.step % c.checkpoint_every == 0:
+                    self.save("last.pt", last_val)
+                now = time.perf_counter()
+                if now - window_start >= 0.5 or window_steps >= 50:
+                    # Reading the loss back waits for the device; do it only at logging points.
+                    shown_loss = float(torch.stack(pending_loss).float().mean())
+                    norm = float(torch.stack(pending_norm).float().mean())
+                    chars_per_sec = window_steps * chars_per_step / (now - window_start)
+                    self.log({"step": s.step, "loss": shown_loss, "grad_norm": norm, "lr": self.lr,
+                              "chars_per_sec": round(chars_per_sec), "elapsed": round(s.elapsed, 3)})
+                    pending_loss, pending_norm = [], []
+                    window_start, window_steps = now, 0
+                    self.reporter.update(step=s.step, loss=shown_loss, val=last_val,
+                                         chars_per_sec=chars_per_sec, progress=self.progress(),
+                                         elapsed=s.elapsed)
+                    if next_eval is None:
+                        # First validation once the steady pace is known, never past 10% of the run.
+                        step_time = chars_per_step / max(chars_per_sec, 1e-9)
+                        guess = 0.5 * step_time * len(self.val_tokens) / chars_per_step
+                        next_eval = s.elapsed + max(guess / EVAL_SHARE, 5.0)
+                        if c.time_budget:
+                            next_eval = min(next_eval, 0.1 * c.time_budget)
+                    if s.elapsed >= next_eval and self._stop_reason_now() is None:
+                        t_eval = time.perf_counter()
+                        last_val = self._validate_and_save()
+                        self.reporter.sample(s.step, self.sample_text())
+                        eval_cost = time.perf_counter() - t_eval
+                        next_eval = s.elapsed + eval_cost / EVAL_SHARE
+                        window_start = time.perf_counter()
+            final_val = self._validate_and_save()
+            last_val = final_val if final_val is not None else last_val
+        self.reporter.finish(step=s.step, loss=shown_loss, val=last_val, elapsed=s.elapsed)
+        if interrupted:
+            raise CharlmError(
+                f"interrupted at step {s.step}; {self.out_dir / 'last.pt'} is saved; "
+                f"resume with: charlm train --resume {self.out_dir / 'last.pt'}"
+            )
+        return TrainResult(self.out_dir, s.step, s.elapsed, s.best_val, last_val, chars_per_sec, stop or "")
+
+    def _stop_reason_now(self) -> str | None:
+        c, s = self.config, self.state
+        if c.max_steps is not None and s.step >= c.max_steps:
+            return f"{c.max_steps} steps"
+        if c.epochs is not None and s.epoch + s.batch_index / max(self.batches.batches_per_epoch, 1) >= c.epochs:
+            return f"{c.epochs:g} epochs"
+        if c.time_budget is not None and s.elapsed >= c.time_budget:
+            return f"time budget of {c.time_budget:g}s"
+        return None
+
+    def _validate_and_save(self) -> float | None:
+        s = self.state
+        val = self.validate()
+        if val is not None:
+            entry = {"step": s.step, "val_nats_per_char": val, "elapsed": round(s.elapsed, 3)}
+            s.history.append(entry)
+            self.log(entry)
+            self.reporter.validated(step=s.step, val=val)
+            if math.isfinite(val) and val < s.best_val:
+                s.best_val = val
+                self.save("best.pt", val)
+        self.save("last.pt", val)
+        return val
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint_payload(self, val: float | None) -> dict[str, Any]:
+        hidden = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
+        return {
+            "charlm_version": __version__,
+            "model_config": asdict(self.model.config),
+            "train_config": asdict(self.config),
+            "tokenizer": {"kind": self.tokenizer.kind, "model": self.tokenizer.model},
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "state": asdict(self.state),
+            "hidden": [h.detach().cpu() for h in hidden],
+            "rng": _rng_state(),
+            "corpus": self.corpus_info,
+            "val_nats_per_char": val,
+        }
+
+    def log(self, entry: dict[str, Any]) -> None:
+        """Append one line to the run's log.jsonl (steps, losses, gradient norms, validations)."""
+        with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def save(self, name: str, val: float | None) -> None:
+        save_checkpoint(self.out_dir / name, self.checkpoint_payload(val))
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Continue exactly where the checkpoint left off."""
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = TrainState(**payload["state"])
+        hidden = [h.to(self.device) for h in payload["hidden"]]
+        self.hidden = tuple(hidden) if self.model.config.cell == "lstm" else hidden[0]
+        _set_rng_state(payload["rng"])
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopFlag:
+    signal: str | None = None
+
+
+@contextmanager
+def _graceful_interrupts():
+    """First Ctrl-C or SIGTERM: finish the step, save, stop. A second Ctrl-C: stop at once."""
+    flag = _StopFlag()
+
+    def handler(signum, frame):
+        if flag.signal is not None:
+            raise KeyboardInterrupt
+        flag.signal = signal.Signals(signum).name
+
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        previous = {}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# -- putting a run together ---------------------------------------------------------------------
+def prepare_out_dir(out: Path | None, corpus: Corpus, cell: str, runs_dir: Path) -> Path:
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = runs_dir / f"{stamp}-{_safe(corpus.name)}-{cell}"
+        n = 1
+        while out.exists():
+            n += 1
+            out = runs_dir / f"{stamp}-{_safe(corpus.name)}-{cell}-{n}"
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder")
+    if (out / "last.pt").exists() or (out / "best.pt").exists():
+        raise UsageError(f"--out {out}: already holds a run; continue it with --resume {out / 'last.pt'} "
+                         "or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CharlmError(f"--out {out}: cannot create the folder: {e.strerror}") from None
+    return out
+
+
+def _safe(name: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name).strip("-.")
+    return cleaned[:40] or "corpus"
+
+
+def _fit_to_corpus(config: TrainConfig, n_train: int, reporter: Reporter) -> None:
+    """Shrink the batch (then the sequence) so a short corpus still gives at least one batch."""
+    if n_train < 2:
+        raise UsageError(f"corpus too short: {n_train} training tokens; at least 2 are needed")
+    if n_train // config.batch_size >= config.seq_len + 1:
+        return
+    batch = max(1, n_train // (config.seq_len + 1))
+    if batch == 1 and n_train < config.seq_len + 1:
+        seq_len = n_train - 1
+        reporter.message(f"corpus is short ({n_train} tokens): using --batch-size 1 --seq-len {seq_len}")
+        config.batch_size, config.seq_len = 1, seq_len
+    else:
+        reporter.message(f"corpus is short ({n_train} tokens): --batch-size {config.batch_size} needs "
+                         f"{config.batch_size * (config.seq_len + 1)}; using --batch-size {batch}")
+        config.batch_size = batch
+
+
+def train(
+    corpus: Corpus | None,
+    model_options: dict[str, Any] | None = None,
+    train_options: dict[str, Any] | None = None,
+    out: Path | None = None,
+    resume: Path | None = None,
+    runs_dir: Path = Path("runs"),
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train a model on `corpus` (or continue the run in `resume`) and return where it went.
+
+    `model_options` are ModelConfig fields and `train_options` TrainConfig fields; only the
+    ones given are used, the rest keep their defaults (or, on resume, the run's values).
+    """
+    reporter = reporter or NullReporter()
+    model_options = {k: v for k, v in (model_options or {}).items() if v is not None}
+    train_options = {k: v for k, v in (train_options or {}).items() if v is not None}
+    payload = None
+    if resume is not None:
+        payload = load_checkpoint(resume)
+        config, model_config = _resumed_configs(payload, train_options, model_options)
+        tokenizer = Tokenizer(payload["tokenizer"]["model"], payload["tokenizer"]["kind"])
+        if corpus is None:
+            corpus = _stored_corpus(payload)
+        out = Path(payload["path"]).parent if out is None else Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        if corpus is None:
+            raise UsageError("no corpus given")
+        config = TrainConfig(**train_options)
+        config.validate()
+        if not config.stop_given:
+            config.epochs = 1.0
+        out = prepare_out_dir(out, corpus, model_options.get("cell", "lstm"), runs_dir)
+        reporter.message(f"learning a {config.tokenizer} vocabulary from {len(corpus.files)} file(s)")
+        tokenizer = train_tokenizer(corpus.chunks(), config.tokenizer, config.vocab_size)
+        model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **model_options)
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+
+    cache_dir = out.parent / ".cache"
+    with reporter.task("encoding corpus") as advance:
+        tokens = encode_corpus(corpus, tokenizer, cache_dir, on_progress=advance)
+    train_tokens, val_tokens = split_tokens(tokens, config.val_fraction)
+    _fit_to_corpus(config, len(train_tokens), reporter)
+    val_chars = len(tokenizer.decode(val_tokens[1:])) if len(val_tokens) <= 4_000_000 else len(val_tokens) - 1
+
+    model = CharRNN(model_config)
+    corpus_info = {"files": [str(f) for f in corpus.files[:1000]], "encoding": corpus.encoding,
+                   "errors": corpus.errors, "tokens": int(len(tokens))}
+    trainer = Trainer(model, tokenizer, train_tokens, val_tokens, val_chars, config, out, device,
+                      reporter, corpus_info)
+    if payload is not None:
+        trainer.restore(payload)
+    reporter.summary(
+        out_dir=out, device=str(device), params=model.num_params(), vocab=tokenizer.vocab_size,
+        train_tokens=len(train_tokens), val_tokens=len(val_tokens), model=model_config, config=config,
+        resumed_at=trainer.state.step if payload is not None else None,
+    )
+    return trainer.run()
+
+
+# What a resumed run cannot change: its data layout and its vocabulary.
+_FIXED_ON_RESUME = ("batch_size", "seq_len", "tokenizer", "vocab_size", "val_fraction")
+
+
+def _resumed_configs(payload, train_options, model_options) -> tuple[TrainConfig, ModelConfig]:
+    try:
+        saved = TrainConfig(**payload["train_config"])
+        model_config = ModelConfig(**payload["model_config"])
+    except (KeyError, TypeError) as e:
+        raise CharlmError(f"{payload['path']}: damaged checkpoint ({e})") from None
+    for key, value in model_options.items():
+        if getattr(model_config, key) != value:
+            raise UsageError(f"--{key}: a resumed run keeps its model ({key}={getattr(model_config, key)})")
+    for key, value in train_options.items():
+        if key in _FIXED_ON_RESUME and value != getattr(saved, key):
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag}: a resumed run keeps its {flag} ({getattr(saved, key)})")
+        setattr(saved, key, value)
+    saved.validate()
+    return saved, model_config
+
+
+def _stored_corpus(payload) -> Corpus:
+    info = payload.get("corpus") or {}
+    files = tuple(Path(f) for f in info.get("files", []))
+    missing = [f for f in files if not f.is_file()]
+    if not files or missing:
+        raise UsageError(f"the corpus of this run is gone ({missing[0] if missing else 'not recorded'}); "
+                         "name it on the command line")
+    return Corpus(files, info.get("encoding", "utf-8"), info.get("errors", "strict"))
