@@ -1,0 +1,87 @@
+"""Which defaults give the best model per second of a CPU? Train a grid, print a table.
+
+Each configuration trains on the first 90% of tinyshakespeare (all for training) and is
+evaluated on the last 10%. Two ways to spend the budget:
+  --budget S   S seconds of training each (what a user gets; needs a quiet machine)
+  --chars N    N training characters each (how much a config learns per character seen;
+               independent of machine load), with chars/s measured over the first steps.
+
+    python bench/tune.py --budget 107 --grid cells
+    python bench/tune.py --chars 2000000 --grid batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import shared_corpus, split_90_10  # noqa: E402
+
+from charlm.corpus import open_corpus  # noqa: E402
+from charlm.evaluate import evaluate_text  # noqa: E402
+from charlm.train import train  # noqa: E402
+
+GRIDS = {
+    "cells": [
+        {"cell": "lstm", "hidden": 256}, {"cell": "gru", "hidden": 256},
+        {"cell": "lstm", "hidden": 384}, {"cell": "gru", "hidden": 384},
+        {"cell": "lstm", "hidden": 512},
+    ],
+    "batch": [
+        {"batch_size": 8, "seq_len": 64}, {"batch_size": 16, "seq_len": 64}, {"batch_size": 16, "seq_len": 128},
+        {"batch_size": 32, "seq_len": 64}, {"batch_size": 32, "seq_len": 128},
+    ],
+    "lr": [{"lr": 2e-3}, {"lr": 3e-3}, {"lr": 5e-3}, {"lr": 8e-3}, {"lr": 1.2e-2}],
+    "small-batch": [
+        {"batch_size": 8, "seq_len": 64, "lr": 5e-3}, {"batch_size": 8, "seq_len": 64, "lr": 1e-2},
+        {"batch_size": 16, "seq_len": 64, "lr": 1e-2}, {"batch_size": 16, "seq_len": 32, "lr": 1e-2},
+        {"batch_size": 8, "seq_len": 64, "lr": 1e-2, "cell": "gru"},
+    ],
+    "defaults": [{}],
+}
+MODEL_KEYS = {"cell", "layers", "hidden", "embedding", "dropout"}
+
+
+def run_one(train_file: Path, val_file: Path, options: dict, budget: float | None, chars: int | None,
+            out: Path) -> dict:
+    model = {k: v for k, v in options.items() if k in MODEL_KEYS}
+    config = {k: v for k, v in options.items() if k not in MODEL_KEYS}
+    config.update(val_fraction=0.0, sample_length=0)
+    if budget:
+        config["time_budget"] = budget
+    else:
+        from charlm.train import TrainConfig
+
+        base = TrainConfig(**{k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__})
+        config["max_steps"] = max(1, chars // (base.batch_size * base.seq_len))
+    start = time.time()
+    result = train(open_corpus([train_file]), model, config, out=out)
+    report = evaluate_text(out / "last.pt", open_corpus([val_file]))
+    return {"options": options, "val_nats": round(report.result.nats_per_char, 4), "steps": result.steps,
+            "train_seconds": round(result.elapsed, 1), "wall": round(time.time() - start, 1),
+            "chars_per_sec": round(result.chars_per_sec)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--budget", type=float)
+    group.add_argument("--chars", type=int)
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="defaults")
+    parser.add_argument("--base", default="{}", help="JSON options every configuration starts from")
+    args = parser.parse_args()
+    base = json.loads(args.base)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_file, val_file = split_90_10(shared_corpus("tinyshakespeare.txt"), Path(tmp))
+        for i, options in enumerate(GRIDS[args.grid]):
+            row = run_one(train_file, val_file, {**base, **options}, args.budget, args.chars, Path(tmp) / f"r{i}")
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
