@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from .tokenizer import Tokenizer
 
 FORMAT = "charlm-checkpoint"
 VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"
 DEFAULT_RUNS_DIR = Path("runs")
 
 
@@ -39,6 +40,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise CharlmError(f"{path.parent}: cannot write a checkpoint there: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file private (0600); a checkpoint is shared like any other file.
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
@@ -52,6 +55,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             raise CharlmError(f"{path}: checkpoint not saved ({e.strerror}); the previous one is intact") from None
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -75,13 +84,24 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CharlmError(f"{path}: cannot read: {e.strerror}") from None
+    if magic != ZIP_MAGIC:
+        # torch.save writes a zip archive; anything else (text, a bare pickle, the legacy
+        # format) is refused before any unpickling starts.
+        raise CharlmError(f"{path}: not a charlm checkpoint (not a zip archive as torch.save writes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's warnings would break the one-line error
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe contents"
         if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
             reason = "it holds objects that are not plain data, so charlm will not load it"
         raise CharlmError(f"{path}: refused: {reason}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001  (a damaged file fails inside torch in many ways)
         raise CharlmError(f"{path}: not a readable charlm checkpoint ({_first_line(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CharlmError(f"{path}: not a charlm checkpoint")

@@ -140,6 +140,8 @@ def _read_file(path: Path, encoding: str, errors: str, chunk_bytes: int) -> Iter
                     f"{path}: byte 0x{e.object[e.start]:02x} at offset {at} is not valid {encoding} "
                     f"(use --encoding, or --errors replace)"
                 ) from None
+            except UnicodeError as e:  # e.g. UTF-16 with no byte-order mark, whatever --errors says
+                raise CharlmError(f"{path}: cannot be read as {encoding}: {e} (use --encoding)") from None
             offset += len(data)
             if "\x00" in text:
                 raise CharlmError(f"{path}: holds NUL characters; it looks binary, not text")

@@ -19,7 +19,13 @@ from .tokenizer import Tokenizer
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Scale by temperature and mask (to -inf) what top-k and top-p leave out. logits (B, V)."""
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # Shift the largest logit to 0 first: the same distribution, but a tiny temperature then
+    # sends the rest to -inf instead of overflowing into inf - inf = nan; -inf (a banned
+    # token) stays -inf even at an infinite temperature.
+    logits = logits - logits.max(dim=-1, keepdim=True).values
+    # (divided in float64: a temperature like 1e-300 is 0 in float32)
+    logits = torch.where(torch.isinf(logits), logits, (logits.double() / temperature).float())
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -28,6 +34,7 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_
         probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the tokens ranked above it already reach top_p; the first always stays.
         drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop[:, 0] = False  # even when top_p rounds to 0 in float32
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
