@@ -114,7 +114,7 @@ def evaluate_text(checkpoint, corpus, device="cpu", keep_losses: bool = False, s
 
         raise UsageError(f"{corpus.files[0]}: too short to evaluate (at least 2 characters are needed)")
     losses = token_losses(model, tokens, device, streams)
-    first = len(tokenizer.decode(tokens[:1])) or 1
+    first = tokenizer.count_chars(tokens[:1]) or 1
     result = EvalResult(nats=float(losses.double().sum()), chars=total_chars - first, tokens=len(losses))
     shown: list[tuple[str, float | None]] = []
     if keep_losses:

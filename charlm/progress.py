@@ -36,7 +36,8 @@ class Reporter:
     def start(self, progress: float) -> None: ...
 
     def update(self, *, step: int, loss: float, val: float | None, chars_per_sec: float, progress: float,
-               elapsed: float) -> None: ...
+               elapsed: float, grad_norm: float | None = None, clip_rate: float | None = None) -> None:
+        """grad_norm: mean norm before clipping; clip_rate: share of steps clipped (None: clipping off)."""
 
     def validated(self, *, step: int, val: float) -> None: ...
 
@@ -99,8 +100,9 @@ class RichReporter(Reporter):
     def start(self, progress: float) -> None:
         self._progress = Progress(
             TextColumn("[bold]step {task.fields[step]:>6}"),
-            BarColumn(bar_width=24),
+            BarColumn(bar_width=10),
             TextColumn("loss {task.fields[loss]}"),
+            TextColumn("grad {task.fields[grad]}"),
             TextColumn("val {task.fields[val]} bpc"),
             TextColumn("{task.fields[speed]} chars/s"),
             TimeElapsedColumn(),
@@ -109,14 +111,16 @@ class RichReporter(Reporter):
         )
         self._progress.start()
         self._task = self._progress.add_task("train", total=1.0, completed=progress, step=0, loss="-",
-                                             val="-", speed="-", left="-")
+                                             val="-", speed="-", left="-", grad="-")
 
-    def update(self, *, step, loss, val, chars_per_sec, progress, elapsed) -> None:
+    def update(self, *, step, loss, val, chars_per_sec, progress, elapsed, grad_norm=None,
+               clip_rate=None) -> None:
         if self._progress is None:
             return
         left = elapsed * (1 - progress) / progress if progress > 0 else math.inf
         self._progress.update(self._task, completed=min(progress, 1.0), step=step, loss=f"{loss:.3f}",
-                              val=_bpc(val), speed=f"{chars_per_sec:,.0f}", left=_clock(left))
+                              val=_bpc(val), speed=f"{chars_per_sec:,.0f}", left=_clock(left),
+                              grad=_grad(grad_norm, clip_rate))
 
     def validated(self, *, step, val) -> None:
         if self._progress is not None:
@@ -136,6 +140,13 @@ class RichReporter(Reporter):
         if val is not None:
             line += f", validation {val:.4f} nats/char = {val / LN2:.4f} bits/char"
         self.console.print(Text(line, style="bold"))
+
+
+def _grad(norm: float | None, clip_rate: float | None) -> str:
+    """Gradient norm before clipping and how often clipping fired, e.g. '3.2 clip 40%'."""
+    if norm is None:
+        return "-"
+    return f"{norm:.2g} " + ("no clip" if clip_rate is None else f"clip {100 * clip_rate:.0f}%")
 
 
 def _bpc(val: float | None) -> str:

@@ -115,6 +115,18 @@ class Tokenizer:
         decoder = self.stream_decoder()
         return "".join(decoder(int(i)) for i in ids) + decoder.flush()
 
+    def count_chars(self, ids: np.ndarray) -> int:
+        """Characters that `ids` decode to, without decoding: each piece's length, and one per
+        UTF-8 lead byte among byte-fallback tokens (an approximation only for broken byte runs)."""
+        ids = np.asarray(ids)
+        if len(ids) == 0:
+            return 0
+        lengths = np.array([len(t) for t in self._text], dtype=np.int64)
+        byte = self._byte[ids]
+        is_byte = byte >= 0
+        lead_bytes = int(np.count_nonzero(is_byte & ((byte & 0xC0) != 0x80)))
+        return int(lengths[ids[~is_byte]].sum()) + lead_bytes
+
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
 

@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .corpus import Corpus
 from .data import StreamBatches, encode_corpus, split_tokens
+from .distributed import Dist, from_environment, shutdown
 from .errors import CharlmError, UsageError
 from .evaluate import evaluate_tokens
 from .model import CharRNN, ModelConfig, detach_hidden
@@ -35,6 +37,7 @@ from .sample import generate
 from .tokenizer import Tokenizer, train_tokenizer
 
 SCHEDULES = ("linear", "cosine", "constant")
+_STOP, _INTERRUPT, _VALIDATE = 1, 2, 4  # what the ranks agree on before each step
 EVAL_SHARE = 0.04  # at most this share of training time goes to validation and samples
 MAX_BAD_STEPS = 8  # consecutive non-finite steps before training gives up
 
@@ -64,8 +67,14 @@ class TrainConfig:
         positive = ["batch_size", "seq_len", "lr", "max_steps", "epochs", "time_budget", "checkpoint_every"]
         for name in positive:
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:  # written so that nan fails too
                 raise UsageError(f"--{name.replace('_', '-')}: must be positive, got {value}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if math.isnan(value) or (math.isinf(value) and name != "grad_clip"):  # inf clip: no clipping
+                raise UsageError(f"--{name.replace('_', '-')}: must be a finite number, got {value}")
+        if not -(2**63) <= self.seed < 2**64:  # what torch's generators accept
+            raise UsageError(f"--seed: must fit in 64 bits, got {self.seed}")
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
@@ -100,6 +109,7 @@ class TrainResult:
     last_val: float | None
     chars_per_sec: float
     stopped_by: str
+    main_process: bool = True  # False on the ranks of a torchrun run other than rank 0
 
 
 def pick_device(name: str) -> torch.device:
@@ -147,15 +157,20 @@ class Trainer:
         device: torch.device,
         reporter: Reporter | None = None,
         corpus_info: dict[str, Any] | None = None,
+        dist: Dist | None = None,
     ):
+        self.dist = dist or Dist()
         self.model = model.to(device)
+        # Under torchrun, DistributedDataParallel averages the gradients of all ranks.
+        self.ddp = DistributedDataParallel(self.model) if self.dist.active else self.model
         self.tokenizer = tokenizer
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
         self.reporter = reporter or NullReporter()
         self.corpus_info = corpus_info or {}
-        self.batches = StreamBatches(train_tokens, config.batch_size, config.seq_len)
+        self.batches = StreamBatches(train_tokens, config.batch_size, config.seq_len,
+                                     rank=self.dist.rank, world=self.dist.world)
         self.val_tokens, self.val_chars = val_tokens, val_chars
         decay, no_decay = [], []
         for name, p in model.named_parameters():
@@ -201,7 +216,7 @@ class Trainer:
             group["lr"] = self.lr
         self.model.train()
         with self.autocast:
-            _, loss, hidden = self.model(x, self.hidden, y)
+            _, loss, hidden = self.ddp(x, self.hidden, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = c.grad_clip if c.grad_clip > 0 else math.inf
@@ -252,45 +267,45 @@ class Trainer:
         last_val: float | None = None
         eval_cost = 0.0  # seconds the last validation + sample took
         next_eval = None
-        window_start, window_steps = time.perf_counter(), 0
+        window = _LogWindow(c.grad_clip, chars_per_step)
         chars_per_sec = 0.0
-        pending_loss: list[torch.Tensor] = []
-        pending_norm: list[torch.Tensor] = []
         shown_loss = math.nan
         interrupted = None
         self.reporter.start(self.progress())
         with _graceful_interrupts() as stop_flag:
             while True:
                 stop = self._stop_reason_now()
-                if stop_flag.signal:
-                    interrupted = stop_flag.signal
+                flags = (_STOP if stop else 0) | (_INTERRUPT if stop_flag.signal else 0)
+                if self.dist.is_main and next_eval is not None and s.elapsed >= next_eval and not stop:
+                    flags |= _VALIDATE
+                # Under torchrun every rank acts on the same flags at the same step.
+                flags = self.dist.any_rank(flags, self.device)
+                if flags & _INTERRUPT:
+                    interrupted = stop_flag.signal or "another rank's signal"
                     stop = f"interrupted by {interrupted}"
-                if stop:
                     break
+                if flags & _STOP:
+                    stop = stop or "a stop reached on another rank"
+                    break
+                if flags & _VALIDATE:
+                    t_eval = time.perf_counter()
+                    last_val = self._validate_and_save()
+                    if self.dist.is_main:
+                        self.reporter.sample(s.step, self.sample_text())
+                    eval_cost = time.perf_counter() - t_eval
+                    next_eval = s.elapsed + eval_cost / EVAL_SHARE
+                    window.restart_clock()
                 t0 = time.perf_counter()
                 out = self.train_step()
                 s.elapsed += time.perf_counter() - t0
                 if out is None:
                     continue
                 self._bad_steps = 0
-                pending_loss.append(out[0])
-                pending_norm.append(out[1])
-                window_steps += 1
+                window.add(*out)
                 if c.checkpoint_every and s.step % c.checkpoint_every == 0:
                     self.save("last.pt", last_val)
-                now = time.perf_counter()
-                if now - window_start >= 0.5 or window_steps >= 50:
-                    # Reading the loss back waits for the device; do it only at logging points.
-                    shown_loss = float(torch.stack(pending_loss).float().mean())
-                    norm = float(torch.stack(pending_norm).float().mean())
-                    chars_per_sec = window_steps * chars_per_step / (now - window_start)
-                    self.log({"step": s.step, "loss": shown_loss, "grad_norm": norm, "lr": self.lr,
-                              "chars_per_sec": round(chars_per_sec), "elapsed": round(s.elapsed, 3)})
-                    pending_loss, pending_norm = [], []
-                    window_start, window_steps = now, 0
-                    self.reporter.update(step=s.step, loss=shown_loss, val=last_val,
-                                         chars_per_sec=chars_per_sec, progress=self.progress(),
-                                         elapsed=s.elapsed)
+                if window.due():
+                    shown_loss, chars_per_sec = self._report(window, last_val)
                     if next_eval is None:
                         # First validation once the steady pace is known, never past 10% of the run.
                         step_time = chars_per_step / max(chars_per_sec, 1e-9)
@@ -298,22 +313,34 @@ class Trainer:
                         next_eval = s.elapsed + max(guess / EVAL_SHARE, 5.0)
                         if c.time_budget:
                             next_eval = min(next_eval, 0.1 * c.time_budget)
-                    if s.elapsed >= next_eval and self._stop_reason_now() is None:
-                        t_eval = time.perf_counter()
-                        last_val = self._validate_and_save()
-                        self.reporter.sample(s.step, self.sample_text())
-                        eval_cost = time.perf_counter() - t_eval
-                        next_eval = s.elapsed + eval_cost / EVAL_SHARE
-                        window_start = time.perf_counter()
-            final_val = self._validate_and_save()
-            last_val = final_val if final_val is not None else last_val
+            if window.steps:
+                shown_loss, _ = self._report(window, last_val)
+            if interrupted:
+                # Save at once: a full validation could outlast a SIGTERM's grace period or
+                # the user's patience, and a second Ctrl-C would then lose the steps since
+                # the last checkpoint.
+                self.save("last.pt", last_val)
+            else:
+                final_val = self._validate_and_save()
+                last_val = final_val if final_val is not None else last_val
         self.reporter.finish(step=s.step, loss=shown_loss, val=last_val, elapsed=s.elapsed)
         if interrupted:
             raise CharlmError(
                 f"interrupted at step {s.step}; {self.out_dir / 'last.pt'} is saved; "
                 f"resume with: charlm train --resume {self.out_dir / 'last.pt'}"
             )
-        return TrainResult(self.out_dir, s.step, s.elapsed, s.best_val, last_val, chars_per_sec, stop or "")
+        return TrainResult(self.out_dir, s.step, s.elapsed, s.best_val, last_val, chars_per_sec, stop or "",
+                           self.dist.is_main)
+
+    def _report(self, window: _LogWindow, last_val: float | None) -> tuple[float, float]:
+        """Log and show the window's mean loss, gradient norm and speed; returns (loss, chars/s)."""
+        s = self.state
+        entry = window.close()
+        self.log({"step": s.step, **entry, "lr": self.lr, "elapsed": round(s.elapsed, 3)})
+        self.reporter.update(step=s.step, loss=entry["loss"], val=last_val, chars_per_sec=entry["chars_per_sec"],
+                             progress=self.progress(), elapsed=s.elapsed, grad_norm=entry["grad_norm"],
+                             clip_rate=entry["clip_rate"])
+        return entry["loss"], entry["chars_per_sec"]
 
     def _stop_reason_now(self) -> str | None:
         c, s = self.config, self.state
@@ -326,8 +353,10 @@ class Trainer:
         return None
 
     def _validate_and_save(self) -> float | None:
+        """Validate (rank 0) and write last.pt, and best.pt when validation improved."""
         s = self.state
-        val = self.validate()
+        val = self.validate() if self.dist.is_main else None
+        names = ["last.pt"]
         if val is not None:
             entry = {"step": s.step, "val_nats_per_char": val, "elapsed": round(s.elapsed, 3)}
             s.history.append(entry)
@@ -335,13 +364,16 @@ class Trainer:
             self.reporter.validated(step=s.step, val=val)
             if math.isfinite(val) and val < s.best_val:
                 s.best_val = val
-                self.save("best.pt", val)
-        self.save("last.pt", val)
+                names.insert(0, "best.pt")
+        self.save(names, val)
         return val
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_payload(self, val: float | None) -> dict[str, Any]:
+        """Everything a checkpoint holds. Under torchrun every rank calls this together:
+        the carried state of all ranks' streams is gathered into one."""
         hidden = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
+        hidden = tuple(self.dist.gather_streams(h) for h in hidden)
         return {
             "charlm_version": __version__,
             "model_config": asdict(self.model.config),
@@ -358,20 +390,71 @@ class Trainer:
 
     def log(self, entry: dict[str, Any]) -> None:
         """Append one line to the run's log.jsonl (steps, losses, gradient norms, validations)."""
+        if not self.dist.is_main:
+            return
         with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def save(self, name: str, val: float | None) -> None:
-        save_checkpoint(self.out_dir / name, self.checkpoint_payload(val))
+    def save(self, names: str | list[str], val: float | None) -> None:
+        payload = self.checkpoint_payload(val)
+        if self.dist.is_main:
+            for name in [names] if isinstance(names, str) else names:
+                save_checkpoint(self.out_dir / name, payload)
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue exactly where the checkpoint left off."""
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(**payload["state"])
-        hidden = [h.to(self.device) for h in payload["hidden"]]
+        # The checkpoint holds every stream's state; this rank continues its own share.
+        b, r = self.config.batch_size, self.dist.rank
+        hidden = [h[:, r * b : (r + 1) * b].to(self.device) for h in payload["hidden"]]
         self.hidden = tuple(hidden) if self.model.config.cell == "lstm" else hidden[0]
         _set_rng_state(payload["rng"])
+
+
+class _LogWindow:
+    """Losses and gradient norms of the steps since the last logging point.
+
+    They stay on the device until the window closes: reading a loss back waits for the
+    device, so that happens only at logging points (twice a second or every 50 steps).
+    """
+
+    def __init__(self, grad_clip: float, chars_per_step: int):
+        self.grad_clip, self.chars_per_step = grad_clip, chars_per_step
+        self.losses: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+        self.restart_clock()
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    def restart_clock(self) -> None:
+        """Start timing afresh (after a pause for validation, which is not training speed)."""
+        self.start = time.perf_counter()
+        self.timed_steps = self.steps
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.losses.append(loss)
+        self.norms.append(grad_norm)
+
+    def due(self) -> bool:
+        return self.steps >= 50 or (self.steps > 0 and time.perf_counter() - self.start >= 0.5)
+
+    def close(self) -> dict[str, Any]:
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        norms = torch.stack(self.norms).float()  # before clipping
+        entry = {
+            "loss": float(torch.stack(self.losses).float().mean()),
+            "grad_norm": float(norms.mean()),
+            # Share of the steps whose gradient was clipped; None when clipping is off.
+            "clip_rate": float((norms > self.grad_clip).float().mean()) if self.grad_clip > 0 else None,
+            "chars_per_sec": round((self.steps - self.timed_steps) * self.chars_per_step / seconds),
+        }
+        self.losses, self.norms = [], []
+        self.restart_clock()
+        return entry
 
 
 def _rng_state() -> dict[str, Any]:
@@ -470,9 +553,17 @@ def train(
     `model_options` are ModelConfig fields and `train_options` TrainConfig fields; only the
     ones given are used, the rest keep their defaults (or, on resume, the run's values).
     """
-    reporter = reporter or NullReporter()
     model_options = {k: v for k, v in (model_options or {}).items() if v is not None}
     train_options = {k: v for k, v in (train_options or {}).items() if v is not None}
+    dist, device = from_environment(pick_device(train_options.get("device", "auto")))
+    reporter = (reporter or NullReporter()) if dist.is_main else NullReporter()
+    try:
+        return _train(corpus, model_options, train_options, out, resume, runs_dir, reporter, dist, device)
+    finally:
+        shutdown(dist)
+
+
+def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter, dist, device) -> TrainResult:
     payload = None
     if resume is not None:
         payload = load_checkpoint(resume)
@@ -481,7 +572,17 @@ def train(
         if corpus is None:
             corpus = _stored_corpus(payload)
         out = Path(payload["path"]).parent if out is None else Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        # The run's streams are shared out anew when the number of processes changed.
+        streams = payload["hidden"][0].shape[1]
+        if streams % dist.world:
+            raise UsageError(f"this run has {streams} streams, which {dist.world} processes cannot share evenly")
+        config.batch_size = streams // dist.world
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out}: is a file, not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CharlmError(f"--out {out}: cannot create the folder: {e.strerror}") from None
     else:
         if corpus is None:
             raise UsageError("no corpus given")
@@ -489,29 +590,37 @@ def train(
         config.validate()
         if not config.stop_given:
             config.epochs = 1.0
-        out = prepare_out_dir(out, corpus, model_options.get("cell", "lstm"), runs_dir)
-        reporter.message(f"learning a {config.tokenizer} vocabulary from {len(corpus.files)} file(s)")
-        tokenizer = train_tokenizer(corpus.chunks(), config.tokenizer, config.vocab_size)
+        # Rank 0 makes the folder and the vocabulary; the other ranks take them from it.
+        if dist.is_main:
+            out = prepare_out_dir(out, corpus, model_options.get("cell", "lstm"), runs_dir)
+            reporter.message(f"learning a {config.tokenizer} vocabulary from {len(corpus.files)} file(s)")
+            tokenizer = train_tokenizer(corpus.chunks(), config.tokenizer, config.vocab_size)
+        out, model, kind = dist.broadcast((out, tokenizer.model, tokenizer.kind) if dist.is_main else None)
+        tokenizer = tokenizer if dist.is_main else Tokenizer(model, kind)
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **model_options)
-    device = pick_device(config.device)
     torch.manual_seed(config.seed)
 
     cache_dir = out.parent / ".cache"
-    with reporter.task("encoding corpus") as advance:
-        tokens = encode_corpus(corpus, tokenizer, cache_dir, on_progress=advance)
+    if dist.is_main:
+        with reporter.task("encoding corpus") as advance:
+            tokens = encode_corpus(corpus, tokenizer, cache_dir, on_progress=advance)
+    dist.barrier()  # the others read the token cache rank 0 wrote
+    if not dist.is_main:
+        tokens = encode_corpus(corpus, tokenizer, cache_dir)
     train_tokens, val_tokens = split_tokens(tokens, config.val_fraction)
-    _fit_to_corpus(config, len(train_tokens), reporter)
-    val_chars = len(tokenizer.decode(val_tokens[1:])) if len(val_tokens) <= 4_000_000 else len(val_tokens) - 1
+    _fit_to_corpus(config, len(train_tokens) // dist.world, reporter)
+    val_chars = tokenizer.count_chars(val_tokens[1:])
 
     model = CharRNN(model_config)
     corpus_info = {"files": [str(f) for f in corpus.files[:1000]], "encoding": corpus.encoding,
-                   "errors": corpus.errors, "tokens": int(len(tokens))}
+                   "errors": corpus.errors, "tokens": len(tokens)}
     trainer = Trainer(model, tokenizer, train_tokens, val_tokens, val_chars, config, out, device,
-                      reporter, corpus_info)
+                      reporter, corpus_info, dist)
     if payload is not None:
         trainer.restore(payload)
     reporter.summary(
-        out_dir=out, device=str(device), params=model.num_params(), vocab=tokenizer.vocab_size,
+        out_dir=out, device=str(device) + (f" x {dist.world} processes" if dist.active else ""),
+        params=model.num_params(), vocab=tokenizer.vocab_size,
         train_tokens=len(train_tokens), val_tokens=len(val_tokens), model=model_config, config=config,
         resumed_at=trainer.state.step if payload is not None else None,
     )
