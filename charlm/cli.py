@@ -14,12 +14,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 
 from . import __version__
 from .errors import CharlmError, UsageError
+
+try:  # typer >= 0.20 carries its own copy of click, whose exceptions are not click's
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_exceptions
 
 app = typer.Typer(
     add_completion=False,
@@ -99,6 +103,8 @@ def train(
     weight_decay: Annotated[Optional[float], typer.Option(min=0.0, help="AdamW weight decay. \\[default: 0]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(min=0.0,
                                                        help="Clip the gradient norm to this; 0: off. \\[default: 1]")] = None,
+    no_clip: Annotated[bool, typer.Option("--no-clip", help="Turn gradient clipping off (--grad-clip 0), "
+                                          "to watch gradients explode.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many steps.")] = None,
     epochs: Annotated[Optional[float], typer.Option(
                                                     help="Stop after this many passes over the text.")] = None,
@@ -133,6 +139,10 @@ def train(
     from .progress import RichReporter
     from .train import train as run_training
 
+    if no_clip:
+        if grad_clip:
+            raise UsageError("--no-clip and --grad-clip: give one or the other")
+        grad_clip = 0.0
     corpus = None
     if paths or resume is None:
         corpus = open_corpus(paths or [], encoding, errors.value)
@@ -148,13 +158,20 @@ def train(
     }
     result = run_training(corpus, model_options, train_options, out=out, resume=resume, runs_dir=RUNS_DIR,
                           reporter=RichReporter(_stderr()))
-    best = result.out_dir / "best.pt"
-    print(best if best.exists() else result.out_dir / "last.pt")
+    if result.main_process:
+        best = result.out_dir / "best.pt"
+        print(best if best.exists() else result.out_dir / "last.pt")
 
 
 def _validate_top_p(value: float) -> float:
     if not 0.0 < value <= 1.0:
         raise typer.BadParameter(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _validate_seed(value: int | None) -> int | None:
+    if value is not None and not -(2**63) <= value < 2**64:  # what torch's generators accept
+        raise typer.BadParameter(f"must fit in 64 bits, got {value}")
     return value
 
 
@@ -170,8 +187,12 @@ def sample(
     prime_file: Annotated[Optional[Path], typer.Option(help="Read the prime from this file.")] = None,
     length: Annotated[int, typer.Option(min=0, help="Characters to generate per sample.")] = 500,
     num_samples: Annotated[int, typer.Option(min=1, help="Samples, generated side by side.")] = 1,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text.")] = None,
+    seed: Annotated[Optional[int], typer.Option(callback=_validate_seed,
+                                                help="Random seed: the same seed gives the same text.")] = None,
     stop: Annotated[Optional[str], typer.Option(help="End a sample right after it writes this string.")] = None,
+    novelty: Annotated[Optional[Path], typer.Option(
+        help="Afterwards, show on stderr which share of the sampled 10-, 20- and 40-character "
+             "n-grams never occur in this training text (file or folder).", show_default=False)] = None,
     device: Device = "auto",
 ) -> None:
     """Generate text, streamed to stdout as it is made.
@@ -181,6 +202,7 @@ def sample(
       charlm sample --temp 0.8
       charlm sample runs/my-run --prime "def " --length 300 --stop "\\n\\n"
       charlm sample --num-samples 5 --top-p 0.9 --seed 1
+      charlm sample runs/my-run --novelty shakespeare.txt   [dim]# is it copying its corpus?[/]
     """
     import torch
 
@@ -190,6 +212,11 @@ def sample(
 
     if prime_file is not None:
         prime = _read_text_option(prime_file, "--prime-file")
+    novelty_corpus = None
+    if novelty is not None:
+        from .corpus import open_corpus
+
+        novelty_corpus = open_corpus([novelty], "utf-8", "replace")  # checked before sampling starts
     path = checkpoint if checkpoint is not None else latest_checkpoint(RUNS_DIR)
     dev = pick_device(device)
     model, tokenizer = model_from_checkpoint(load_checkpoint(path), dev)
@@ -204,11 +231,14 @@ def sample(
     if num_samples == 1:
         out.write(prime)
         out.flush()
+        written = []
         for pieces in stream:
             if pieces[0]:
                 out.write(pieces[0])
                 out.flush()
+                written.append(pieces[0])
         out.write("\n")
+        texts = ["".join(written)]
     else:
         texts = [""] * num_samples
         for pieces in stream:
@@ -217,6 +247,11 @@ def sample(
         for i, text in enumerate(texts):
             out.write(f"=== sample {i + 1} ===\n{prime}{text}\n")
     out.flush()
+    if novelty_corpus is not None:
+        from .novelty import measure_novelty, novelty_table
+
+        results = measure_novelty(texts, novelty_corpus.chunks())  # the generated text, not the prime
+        _stderr().print(novelty_table(results, str(novelty)))
 
 
 def _read_text_option(path: Path, option: str) -> str:
@@ -227,8 +262,8 @@ def _read_text_option(path: Path, option: str) -> str:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    if path.is_dir():
-        return True
+    if path.is_dir():  # a run folder; any other folder is a folder of text
+        return (path / "best.pt").is_file() or (path / "last.pt").is_file()
     if path.suffix in (".pt", ".pth", ".ckpt"):
         return True
     try:
@@ -289,10 +324,219 @@ def eval_(
     del console
 
 
+class Feature(str, Enum):
+    bracket_depth = "bracket-depth"
+    in_string = "in-string"
+    in_comment = "in-comment"
+    line_position = "line-position"
+    indent = "indent"
+    word_position = "word-position"
+
+
 @app.command("inspect-neurons")
-def inspect_neurons() -> None:
-    """Colour text by single hidden units and find the units that track brackets, quotes, lines."""
-    raise UsageError("inspect-neurons is not available in this build")
+def inspect_neurons(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        help="[CKPT] [FILE]: a checkpoint or run folder (default: the latest run under runs/) and a text "
+             "file (default: a built-in sample of code and prose).", show_default=False)] = None,
+    text: Annotated[Optional[str], typer.Option(help="Inspect this text instead of a file.")] = None,
+    unit: Annotated[Optional[list[int]], typer.Option(
+        help="Colour the text by this unit (repeatable).", show_default=False)] = None,
+    layer: Annotated[Optional[int], typer.Option(
+        help="Layer, counted from 0. With --unit: \\[default: the top layer]; with --find: search only it.",
+        show_default=False)] = None,
+    state: Annotated[Optional[str], typer.Option(
+        help="h, or c (LSTM cell), or a gate: input, forget, output, candidate (LSTM); reset, update, "
+             "candidate (GRU). With --unit: \\[default: h]; with --find: search only it.", show_default=False)] = None,
+    find: Annotated[Optional[Feature], typer.Option(
+        help="Rank every unit of every layer and state by how well it tracks this feature.",
+        show_default=False)] = None,
+    find_regex: Annotated[Optional[str], typer.Option(
+        help="Rank units by how well they track the matches of this regular expression.",
+        show_default=False)] = None,
+    top: Annotated[int, typer.Option(min=0, help="Rows of the ranking (and of --json); 0: all.")] = 10,
+    show: Annotated[int, typer.Option(min=0, help="Colour the text by this many of the best units.")] = 2,
+    show_chars: Annotated[int, typer.Option(min=1, help="Colour at most this many characters.")] = 2000,
+    saturation: Annotated[bool, typer.Option(
+        help="How often each gate unit is saturated (below 0.1, above 0.9): a table and scatter plots.")] = False,
+    predictions: Annotated[bool, typer.Option(
+        help="Show the model's three likeliest next characters under each character.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the ranking (or what was asked) as JSON.")] = False,
+    html: Annotated[Optional[Path], typer.Option(help="Also write the coloured view as an HTML page.",
+                                                 show_default=False)] = None,
+    svg: Annotated[Optional[Path], typer.Option(help="Also write the coloured view as an SVG image.",
+                                                show_default=False)] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of FILE.")] = "utf-8",
+    errors: Annotated[Errors, typer.Option(help="strict or replace (undecodable bytes).")] = Errors.strict,
+    device: Device = "auto",
+) -> None:
+    """Colour text by single hidden units, and find the units that track brackets, quotes, lines.
+
+    With no --unit, --find or --saturation, every built-in feature is searched for and the
+    best units are shown. Layers count from 0; a score is the Pearson correlation between
+    a unit and the feature over every character.
+
+    [bold]Examples[/]
+
+      charlm inspect-neurons                                 [dim]# latest run, built-in sample[/]
+      charlm inspect-neurons --find in-string --top 5
+      charlm inspect-neurons runs/my-run code.py --find bracket-depth --svg brackets.svg
+      charlm inspect-neurons --unit 17 --unit 42 --state c --predictions
+      charlm inspect-neurons --find-regex "[0-9]+" --json
+      charlm inspect-neurons --saturation
+    """
+    from .checkpoint import latest_checkpoint
+    from .corpus import open_corpus
+    from .features import BUILTIN_TEXT
+    from .neurons import InspectOptions, inspect
+    from .progress import RichReporter
+    from .render import inspect_renderables
+    from .train import pick_device
+
+    checkpoints = [p for p in paths or [] if _is_checkpoint(p)]
+    files = [p for p in paths or [] if p not in checkpoints]
+    if len(checkpoints) > 1 or len(files) > 1:
+        raise UsageError("give at most one checkpoint and one text file")
+    if files and text is not None:
+        raise UsageError(f"--text: give a text or a file ({files[0]}), not both")
+    if json_output and (find or find_regex is not None) and saturation:
+        raise UsageError("--json: prints one result; use it with --find or with --saturation, not both")
+    if text is None:
+        text = open_corpus(files, encoding, errors.value).read() if files else BUILTIN_TEXT
+    options = InspectOptions(units=unit or [], layer=layer, state=state, find=find.value if find else None,
+                             find_regex=find_regex, top=top, show=show, saturation=saturation,
+                             predictions=predictions, show_chars=show_chars)
+    with RichReporter(_stderr()).task("inspecting") as advance:
+        report = inspect(checkpoints[0] if checkpoints else latest_checkpoint(RUNS_DIR), text, options,
+                         pick_device(device), on_progress=advance)
+    parts = inspect_renderables(report)
+    if json_output:
+        print(json.dumps(report.as_json()))
+    else:
+        Console(highlight=False).print(*parts)
+    if html is not None or svg is not None:
+        _export_views(parts, html, svg)
+
+
+def _export_views(parts: list, html: Path | None, svg: Path | None) -> None:
+    """Write what the terminal shows as a page and/or an image, through a recording console."""
+    import io
+
+    from .render import SVG_FORMAT
+
+    terminal = Console()
+    width = terminal.width if terminal.is_terminal else 100
+    recorder = Console(record=True, file=io.StringIO(), width=width, force_terminal=True,
+                       color_system="truecolor", highlight=False)
+    recorder.print(*parts)
+    for path, option in ((html, "--html"), (svg, "--svg")):
+        if path is None:
+            continue
+        svg_format = {"code_format": SVG_FORMAT} if SVG_FORMAT else {}
+        exported = (recorder.export_html(clear=False) if option == "--html"
+                    else recorder.export_svg(title="charlm inspect-neurons", clear=False, **svg_format))
+        try:
+            path.write_text(exported, encoding="utf-8")
+        except OSError as e:
+            raise CharlmError(f"{option} {path}: cannot write: {e.strerror}") from None
+        _stderr().print(f"wrote {path}", style="dim", markup=False, highlight=False)
+
+
+@app.command()
+def compare(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        help="Text files or folders. None: the Python standard library's source.", show_default=False)] = None,
+    cells: Annotated[str, typer.Option(help="Cells to train, comma-separated.")] = "rnn,gru,lstm",
+    time_budget: Annotated[Optional[float], typer.Option(
+        help="Seconds of training per cell. \\[default: 60, unless --max-steps is given]", show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Steps of training per cell.")] = None,
+    params: Annotated[Optional[int], typer.Option(
+        min=1, help="Match parameter counts: each cell gets the hidden size that gives about this many.")] = None,
+    hidden: Annotated[Optional[int], typer.Option(
+        min=1, help="The same hidden size for every cell. \\[default: 512]", show_default=False)] = None,
+    layers: Annotated[Optional[int], typer.Option(min=1, help="Stacked recurrent layers. \\[default: 1]")] = None,
+    embedding: Annotated[Optional[int], typer.Option(min=1, help="Embedding size. \\[default: 64]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Parallel text streams. \\[default: 32]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(
+        min=1, help="Characters per truncated-BPTT chunk. \\[default: 128]")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate. \\[default: 0.003]")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(
+        min=0.0, help="Clip the gradient norm to this; 0: off. \\[default: 1]")] = None,
+    sample_length: Annotated[Optional[int], typer.Option(
+        min=0, help="Characters of each progress sample; 0: none. \\[default: 200]")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(
+        help="Share of the text held out, from its end. \\[default: 0.1]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed, the same for every cell. \\[default: 1337]")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Folder for the runs, one sub-folder per cell. \\[default: runs/<time>-compare-<corpus>]",
+        show_default=False)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the corpus.")] = "utf-8",
+    errors: Annotated[Errors, typer.Option(help="strict or replace (undecodable bytes).")] = Errors.strict,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
+) -> None:
+    """Train several cells on the same text, split, budget and seed, and compare them in one table.
+
+    [bold]Examples[/]
+
+      charlm compare --time-budget 60                     [dim]# rnn, gru, lstm on the built-in corpus[/]
+      charlm compare shakespeare.txt --params 100000      [dim]# hidden sizes chosen to match parameters[/]
+      charlm compare notes.txt --cells gru,lstm --hidden 256 --max-steps 500
+    """
+    from .compare import compare_cells, comparison_table, loss_chart, parse_cells
+    from .corpus import open_corpus
+
+    corpus = open_corpus(paths or [], encoding, errors.value)
+    model_options = {"hidden": hidden, "layers": layers, "embedding": embedding}
+    train_options = {"time_budget": time_budget, "max_steps": max_steps, "batch_size": batch_size,
+                     "seq_len": seq_len, "lr": lr, "grad_clip": grad_clip, "sample_length": sample_length,
+                     "val_fraction": val_fraction, "seed": seed, "device": device}
+    comparison = compare_cells(corpus, parse_cells(cells), model_options, train_options, params=params,
+                               out=out, runs_dir=RUNS_DIR, console=_stderr())
+    if json_output:
+        print(json.dumps(comparison.as_dict()))
+    else:
+        console = Console()
+        console.print(comparison_table(comparison))
+        console.print(loss_chart(comparison))
+
+
+@app.command("gradient-flow")
+def gradient_flow(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Checkpoints (files or run folders), then optionally text files; no text: each checkpoint's "
+             "own training text.", show_default=False)],
+    max_k: Annotated[int, typer.Option(min=0, help="How many steps back to measure (K).")] = 200,
+    positions: Annotated[int, typer.Option(min=1, help="Positions of the text to average over.")] = 128,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the curves as JSON on stdout.")] = False,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the files.")] = "utf-8",
+    errors: Annotated[Errors, typer.Option(help="strict or replace (undecodable bytes).")] = Errors.strict,
+    device: Device = "auto",
+) -> None:
+    """How the gradient of the loss at step t shrinks or grows with the hidden state k steps back.
+
+    Vanishing and exploding gradients, measured: one line per checkpoint, on a log scale.
+
+    [bold]Examples[/]
+
+      charlm gradient-flow runs/cmp/rnn runs/cmp/gru runs/cmp/lstm
+      charlm gradient-flow runs/my-run held-out.txt --max-k 300 --json
+    """
+    from .corpus import open_corpus
+    from .gradflow import flow_chart
+    from .gradflow import gradient_flow as measure_flow
+    from .train import pick_device
+
+    checkpoints = [p for p in paths if p.exists() and _is_checkpoint(p)]
+    texts = [p for p in paths if p not in checkpoints]
+    if not checkpoints:
+        raise UsageError("name at least one checkpoint or run folder")
+    corpus = open_corpus(texts, encoding, errors.value) if texts else None
+    dev = pick_device(device)
+    flows = [measure_flow(ckpt, corpus, max_k, positions, device=dev) for ckpt in checkpoints]
+    if json_output:
+        print(json.dumps([flow.as_dict() for flow in flows]))
+    else:
+        Console().print(flow_chart(flows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,13 +545,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="charlm", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.UsageError as e:
+    except click_exceptions.UsageError as e:
         if debug:
             raise
+        if isinstance(e, getattr(click_exceptions, "NoArgsIsHelpError", ())):
+            print(e.format_message(), file=sys.stderr)  # plain `charlm`: the help, as usage
+            return 2
         command = f" {e.ctx.info_name}" if e.ctx is not None and e.ctx.parent is not None else ""
         _fail(f"charlm{command}: {_one_line(e.format_message())} (see 'charlm{command} --help')")
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:  # click's Abort in older typer, typer's own in newer
         _fail("charlm: aborted")
         return 130
     except CharlmError as e:

@@ -1,0 +1,326 @@
+"""Comparing recurrent cells: the same text, split, budget and seed for each, one table at the end.
+
+Each cell is trained by `charlm.train.train` into a run folder of its own (so `sample`,
+`eval` and `inspect-neurons` work on each), one after the other in this process. With
+`params` given, each cell's hidden size is solved from CharRNN's parameter formula so the
+cells have (within 5%) the same number of parameters: a fair fight between a vanilla RNN,
+which spends one weight matrix per layer, a GRU (three) and an LSTM (four).
+
+Peak memory is what the training loop adds on top of what was already held when it began
+(the model's weights and the data): activations kept for backpropagation through time,
+gradients and the optimizer's moments. On a GPU it is torch's own count of tensor memory
+(max_memory_allocated). On Linux it is the process's resident-memory high-water mark
+(VmHWM), reset at the start of the loop through /proc/self/clear_refs, after freed heap
+memory is returned to the system, so an earlier cell's leftovers are not counted for the
+next. Elsewhere it is not measured rather than guessed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .charts import Series, line_chart
+from .checkpoint import load_checkpoint
+from .corpus import Corpus
+from .errors import UsageError
+from .model import CELLS, ModelConfig
+from .progress import Reporter, RichReporter
+from .tokenizer import train_tokenizer
+from .train import _safe, pick_device, train
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer: the candidate, plus the gates
+PARAMS_TOLERANCE = 0.05
+DEFAULT_TIME_BUDGET = 60.0  # seconds per cell when no stop is given
+LN2 = math.log(2)
+
+
+# -- matching parameter counts ------------------------------------------------------------------
+def param_count(cell: str, hidden: int, vocab: int, embedding: int, layers: int) -> int:
+    """CharRNN's parameters: embedding, per layer g blocks of (W_ih, W_hh, b_ih, b_hh), the head."""
+    g = GATES[cell]
+    first = g * hidden * (embedding + hidden + 2)
+    deeper = (layers - 1) * g * hidden * (2 * hidden + 2)
+    return vocab * embedding + first + deeper + hidden * vocab + vocab
+
+
+def hidden_for_params(cell: str, params: int, vocab: int, embedding: int, layers: int) -> int:
+    """The hidden size whose parameter count is closest to `params`; UsageError if none is within 5%."""
+    g = GATES[cell]
+    # param_count is a*H^2 + b*H + c in the hidden size H; take the positive root.
+    a = g * (2 * layers - 1)
+    b = g * (embedding + 2) + 2 * g * (layers - 1) + vocab
+    c = vocab * embedding + vocab - params
+    fixed = vocab * embedding + vocab + vocab  # what even hidden = 1 costs besides the cell
+    if c >= 0:
+        raise UsageError(f"--params {params}: too few for a vocabulary of {vocab} characters "
+                         f"(the embedding and output layer alone take about {fixed:,})")
+    root = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+    candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
+    best = min(candidates, key=lambda h: abs(param_count(cell, h, vocab, embedding, layers) - params))
+    got = param_count(cell, best, vocab, embedding, layers)
+    if abs(got - params) > PARAMS_TOLERANCE * params:
+        raise UsageError(f"--params {params}: the closest {cell} has {got:,} parameters (hidden {best}), "
+                         "more than 5% off; ask for more parameters")
+    return best
+
+
+# -- measuring memory ---------------------------------------------------------------------------
+class PeakMemory:
+    """Peak memory added between start() and stop(), by the most exact means the platform has."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.method = self._pick_method()
+        self._base = 0
+
+    def _pick_method(self) -> str | None:
+        if self.device.type == "cuda":
+            return "cuda"
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the high-water mark; fails where the kernel lacks it
+            return "vmhwm" if _status_kib("VmHWM") is not None else None
+        except OSError:
+            return None
+
+    def start(self) -> None:
+        if self.method == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        elif self.method == "vmhwm":
+            gc.collect()
+            _return_free_heap()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._base = (_status_kib("VmRSS") or 0) * 1024
+
+    def stop(self) -> int | None:
+        if self.method == "cuda":
+            torch.cuda.synchronize(self.device)
+            return max(0, torch.cuda.max_memory_allocated(self.device) - self._base)
+        if self.method == "vmhwm":
+            return max(0, (_status_kib("VmHWM") or 0) * 1024 - self._base)
+        return None
+
+    def describe(self) -> str:
+        return {
+            "cuda": "peak GPU tensor memory during the training loop above what was held when it began "
+                    "(torch.cuda.max_memory_allocated)",
+            "vmhwm": "peak resident memory during the training loop above the resident memory when it began "
+                     "(Linux VmHWM, reset through /proc/self/clear_refs)",
+        }.get(self.method or "", "peak memory is not measured on this platform")
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _return_free_heap() -> None:
+    """Hand freed heap pages back to the system (glibc), so reused memory shows up as new."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _MeasuringReporter(Reporter):
+    """Passes every training event on, and measures memory from the loop's start to its finish."""
+
+    def __init__(self, inner: Reporter, memory: PeakMemory):
+        self.inner, self.memory = inner, memory
+        self.peak: int | None = None
+
+    def message(self, text):
+        self.inner.message(text)
+
+    def task(self, description):
+        return self.inner.task(description)
+
+    def summary(self, **info):
+        self.inner.summary(**info)
+
+    def start(self, progress):
+        self.inner.start(progress)
+        self.memory.start()
+
+    def update(self, **info):
+        self.inner.update(**info)
+
+    def validated(self, **info):
+        self.inner.validated(**info)
+
+    def sample(self, step, text):
+        self.inner.sample(step, text)
+
+    def finish(self, **info):
+        self.peak = self.memory.stop()
+        self.inner.finish(**info)
+
+
+# -- the comparison -----------------------------------------------------------------------------
+@dataclass
+class CellResult:
+    cell: str
+    hidden: int
+    params: int
+    steps: int
+    train_seconds: float  # time spent in training steps, validation not included
+    chars_per_sec: float
+    peak_memory: int | None  # bytes, see PeakMemory
+    val_nats: float | None  # best validation loss, the one best.pt holds
+    run_dir: Path
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (training seconds, loss in nats/char)
+
+    @property
+    def val_bits(self) -> float | None:
+        return None if self.val_nats is None else self.val_nats / LN2
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cell": self.cell, "hidden": self.hidden, "params": self.params, "steps": self.steps,
+                "train_seconds": self.train_seconds, "chars_per_sec": self.chars_per_sec,
+                "peak_memory_bytes": self.peak_memory, "val_nats_per_char": self.val_nats,
+                "val_bits_per_char": self.val_bits, "run": str(self.run_dir)}
+
+
+@dataclass
+class Comparison:
+    out_dir: Path
+    results: list[CellResult]
+    memory_method: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out_dir), "peak_memory": self.memory_method,
+                "cells": [r.as_dict() for r in self.results]}
+
+
+def parse_cells(text: str) -> list[str]:
+    cells = [c.strip().lower() for c in text.split(",") if c.strip()]
+    if not cells:
+        raise UsageError("--cells: name at least one of rnn, gru, lstm")
+    for cell in cells:
+        if cell not in CELLS:
+            raise UsageError(f"--cells: unknown cell {cell!r}; expected rnn, gru or lstm")
+    if len(set(cells)) != len(cells):
+        raise UsageError("--cells: a cell is listed twice")
+    return cells
+
+
+def compare_cells(
+    corpus: Corpus,
+    cells: list[str],
+    model_options: dict[str, Any] | None = None,
+    train_options: dict[str, Any] | None = None,
+    params: int | None = None,
+    out: Path | None = None,
+    runs_dir: Path = Path("runs"),
+    console: Console | None = None,
+) -> Comparison:
+    """Train each of `cells` on `corpus` under the same options and collect what they cost and reach.
+
+    `model_options` and `train_options` are passed to `train` for every cell (hidden, layers,
+    embedding; seq_len, time_budget, seed...). `params` sets each cell's hidden size instead.
+    With no stop given, each cell trains for DEFAULT_TIME_BUDGET seconds.
+    """
+    model_options = {k: v for k, v in (model_options or {}).items() if v is not None}
+    train_options = {k: v for k, v in (train_options or {}).items() if v is not None}
+    if params is not None and "hidden" in model_options:
+        raise UsageError("--params and --hidden: give one or the other")
+    if params is not None and params <= 0:
+        raise UsageError(f"--params: must be positive, got {params}")
+    if not any(k in train_options for k in ("max_steps", "epochs", "time_budget")):
+        train_options["time_budget"] = DEFAULT_TIME_BUDGET
+    train_options["tokenizer"] = "char"  # per-token losses are then per-character losses
+    hidden_sizes = {cell: model_options.get("hidden", ModelConfig.hidden) for cell in cells}
+    if params is not None:
+        vocab = train_tokenizer(corpus.chunks(), "char", train_options.get("vocab_size")).vocab_size
+        embedding = model_options.get("embedding", ModelConfig.embedding)
+        layers = model_options.get("layers", ModelConfig.layers)
+        hidden_sizes = {cell: hidden_for_params(cell, params, vocab, embedding, layers) for cell in cells}
+    out_dir = Path(out) if out is not None else \
+        runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-compare-{_safe(corpus.name)}"
+    memory = PeakMemory(pick_device(train_options.get("device", "auto")))
+    results = []
+    for number, cell in enumerate(cells, 1):
+        if console is not None:
+            console.rule(Text(f"{cell} ({number}/{len(cells)}), hidden {hidden_sizes[cell]}"), style="dim")
+        reporter = _MeasuringReporter(RichReporter(console) if console is not None else Reporter(), memory)
+        result = train(corpus, {**model_options, "cell": cell, "hidden": hidden_sizes[cell]}, train_options,
+                       out=out_dir / cell, runs_dir=runs_dir, reporter=reporter)
+        payload = load_checkpoint(result.out_dir / "last.pt")
+        config = payload["train_config"]
+        chars = result.steps * config["batch_size"] * config["seq_len"]
+        results.append(CellResult(
+            cell=cell,
+            hidden=hidden_sizes[cell],
+            params=sum(t.numel() for t in payload["model"].values()),
+            steps=result.steps,
+            train_seconds=result.elapsed,
+            chars_per_sec=chars / result.elapsed if result.elapsed > 0 else 0.0,
+            peak_memory=reporter.peak,
+            val_nats=result.best_val if math.isfinite(result.best_val) else None,
+            run_dir=result.out_dir,
+            curve=_loss_curve(result.out_dir / "log.jsonl"),
+        ))
+    return Comparison(out_dir, results, memory.describe())
+
+
+def _loss_curve(log_path: Path) -> list[tuple[float, float]]:
+    curve = []
+    with open(log_path, encoding="utf-8") as f:
+        for line in f:
+            entry = json.loads(line)
+            if "loss" in entry and "elapsed" in entry:
+                curve.append((entry["elapsed"], entry["loss"]))
+    return curve
+
+
+# -- showing it ---------------------------------------------------------------------------------
+def comparison_table(comparison: Comparison) -> Table:
+    table = Table(title="cells compared: same text, split, budget and seed; val = held-out loss per character",
+                  title_justify="left")
+    for name in ("cell", "hidden", "params", "steps", "chars/s", "peak mem", "val nats", "val bpc"):
+        table.add_column(name, justify="left" if name == "cell" else "right")
+    vals = [r.val_nats for r in comparison.results if r.val_nats is not None]
+    best = min(vals) if vals else None
+    for r in comparison.results:
+        style = "bold green" if len(comparison.results) > 1 and r.val_nats == best else None
+        table.add_row(r.cell, str(r.hidden), f"{r.params:,}", f"{r.steps:,}", f"{r.chars_per_sec:,.0f}",
+                      _megabytes(r.peak_memory), _fixed(r.val_nats), _fixed(r.val_bits), style=style)
+    table.caption = f"peak memory: {comparison.memory_method}"
+    table.caption_justify = "left"
+    return table
+
+
+def loss_chart(comparison: Comparison, width: int = 64, height: int = 14) -> Text:
+    series = [Series(r.cell, [x for x, _ in r.curve], [y for _, y in r.curve]) for r in comparison.results]
+    return line_chart(series, width=width, height=height, x_label="seconds of training",
+                      y_label="training loss (nats/char)",
+                      empty="no loss curve: the runs ended before their first log entry (50 steps or 0.5 s)")
+
+
+def _megabytes(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f} MiB"
+
+
+def _fixed(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
