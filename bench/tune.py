@@ -43,6 +43,12 @@ GRIDS = {
         {"batch_size": 8, "seq_len": 64, "lr": 1e-2, "cell": "gru"},
     ],
     "defaults": [{}],
+    "steps-a": [{"hidden": 256, "batch_size": 16, "seq_len": 64, "lr": 5e-3},
+                {"hidden": 256, "batch_size": 16, "seq_len": 32, "lr": 5e-3}],
+    "steps-b": [{"hidden": 256, "batch_size": 16, "seq_len": 64, "lr": 1e-2},
+                {"hidden": 384, "batch_size": 16, "seq_len": 64, "lr": 5e-3}],
+    "lr-high": [{"hidden": 256, "batch_size": 16, "seq_len": 64, "lr": 2e-2}],
+    "wide": [{"hidden": 512, "batch_size": 32, "seq_len": 64, "lr": 1e-2}],
 }
 MODEL_KEYS = {"cell", "layers", "hidden", "embedding", "dropout"}
 

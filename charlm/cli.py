@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .config import ModelConfig, TrainConfig
 from .errors import CharlmError, UsageError
 
 try:  # typer >= 0.20 carries its own copy of click, whose exceptions are not click's
@@ -88,21 +89,21 @@ def train(
         help="Text files or folders (read recursively). None: the Python standard library's source.",
         show_default=False)] = None,
     cell: Annotated[Optional[Cell], typer.Option(help="Recurrent cell. \\[default: lstm]", show_default=False)] = None,
-    layers: Annotated[Optional[int], typer.Option(min=1, help="Stacked recurrent layers. \\[default: 1]")] = None,
-    hidden: Annotated[Optional[int], typer.Option(min=1, help="Hidden units per layer. \\[default: 512]")] = None,
-    embedding: Annotated[Optional[int], typer.Option(min=1, help="Embedding size. \\[default: 64]")] = None,
+    layers: Annotated[Optional[int], typer.Option(min=1, help=f"Stacked recurrent layers. \\[default: {ModelConfig.layers}]")] = None,
+    hidden: Annotated[Optional[int], typer.Option(min=1, help=f"Hidden units per layer. \\[default: {ModelConfig.hidden}]")] = None,
+    embedding: Annotated[Optional[int], typer.Option(min=1, help=f"Embedding size. \\[default: {ModelConfig.embedding}]")] = None,
     dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.99,
-                                                     help="Dropout probability. \\[default: 0]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Parallel text streams. \\[default: 32]")] = None,
+                                                     help=f"Dropout probability. \\[default: {ModelConfig.dropout}]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Parallel text streams. \\[default: {TrainConfig.batch_size}]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(min=1,
-                                                   help="Characters per BPTT chunk. \\[default: 128]")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate. \\[default: 0.003]")] = None,
+                                                   help=f"Characters per BPTT chunk. \\[default: {TrainConfig.seq_len}]")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {TrainConfig.lr}]")] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(
         help="Learning-rate decay after warmup. \\[default: linear]", show_default=False)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(min=0, help="Warmup steps. \\[default: 30]")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(min=0.0, help="AdamW weight decay. \\[default: 0]")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(min=0, help=f"Warmup steps. \\[default: {TrainConfig.warmup_steps}]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(min=0.0, help=f"AdamW weight decay. \\[default: {TrainConfig.weight_decay}]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(min=0.0,
-                                                       help="Clip the gradient norm to this; 0: off. \\[default: 1]")] = None,
+                                                       help=f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]")] = None,
     no_clip: Annotated[bool, typer.Option("--no-clip", help="Turn gradient clipping off (--grad-clip 0), "
                                           "to watch gradients explode.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many steps.")] = None,
@@ -111,9 +112,9 @@ def train(
     time_budget: Annotated[Optional[float], typer.Option(
                                                          help="Stop after this many seconds of training.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(
-                                                          help="Share of the text held out, from its end. \\[default: 0.1]")] = None,
+                                                          help=f"Share of the text held out, from its end. \\[default: {TrainConfig.val_fraction}]")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="Also save last.pt every N steps.")] = None,
-    sample_length: Annotated[Optional[int], typer.Option(min=0, help="Characters of each progress sample; 0: none. \\[default: 200]")] = None,
+    sample_length: Annotated[Optional[int], typer.Option(min=0, help=f"Characters of each progress sample; 0: none. \\[default: {TrainConfig.sample_length}]")] = None,
     tokenizer: Annotated[Optional[TokenizerKind], typer.Option(
         help="char, or a subword model: unigram, bpe. \\[default: char]", show_default=False)] = None,
     vocab_size: Annotated[Optional[int], typer.Option(min=1, help="Vocabulary size (subword tokenizers; "
@@ -123,7 +124,7 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<time>-<corpus>-<cell>]",
                                                 show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this checkpoint (or run folder).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed. \\[default: 1337]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed. \\[default: {TrainConfig.seed}]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
 ) -> None:
     """Train a model. With no stop given, it trains for one epoch.
@@ -452,20 +453,20 @@ def compare(
     params: Annotated[Optional[int], typer.Option(
         min=1, help="Match parameter counts: each cell gets the hidden size that gives about this many.")] = None,
     hidden: Annotated[Optional[int], typer.Option(
-        min=1, help="The same hidden size for every cell. \\[default: 512]", show_default=False)] = None,
-    layers: Annotated[Optional[int], typer.Option(min=1, help="Stacked recurrent layers. \\[default: 1]")] = None,
-    embedding: Annotated[Optional[int], typer.Option(min=1, help="Embedding size. \\[default: 64]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Parallel text streams. \\[default: 32]")] = None,
+        min=1, help=f"The same hidden size for every cell. \\[default: {ModelConfig.hidden}]", show_default=False)] = None,
+    layers: Annotated[Optional[int], typer.Option(min=1, help=f"Stacked recurrent layers. \\[default: {ModelConfig.layers}]")] = None,
+    embedding: Annotated[Optional[int], typer.Option(min=1, help=f"Embedding size. \\[default: {ModelConfig.embedding}]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Parallel text streams. \\[default: {TrainConfig.batch_size}]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(
-        min=1, help="Characters per truncated-BPTT chunk. \\[default: 128]")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate. \\[default: 0.003]")] = None,
+        min=1, help=f"Characters per truncated-BPTT chunk. \\[default: {TrainConfig.seq_len}]")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {TrainConfig.lr}]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(
-        min=0.0, help="Clip the gradient norm to this; 0: off. \\[default: 1]")] = None,
+        min=0.0, help=f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]")] = None,
     sample_length: Annotated[Optional[int], typer.Option(
-        min=0, help="Characters of each progress sample; 0: none. \\[default: 200]")] = None,
+        min=0, help=f"Characters of each progress sample; 0: none. \\[default: {TrainConfig.sample_length}]")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(
-        help="Share of the text held out, from its end. \\[default: 0.1]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed, the same for every cell. \\[default: 1337]")] = None,
+        help=f"Share of the text held out, from its end. \\[default: {TrainConfig.val_fraction}]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed, the same for every cell. \\[default: {TrainConfig.seed}]")] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Folder for the runs, one sub-folder per cell. \\[default: runs/<time>-compare-<corpus>]",
         show_default=False)] = None,

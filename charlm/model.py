@@ -9,25 +9,14 @@ character, which is what sampling does. A test holds the two paths equal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CELLS = ("rnn", "gru", "lstm")
+from .config import CELLS, ModelConfig
+
 # An LSTM's state is (h, c); a GRU's or RNN's is h alone. Each tensor is (layers, batch, hidden).
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int
-    cell: str = "lstm"
-    layers: int = 1
-    hidden: int = 512
-    embedding: int = 64  # characters need few dimensions; the recurrent matrix dominates the cost
-    dropout: float = 0.0  # short CPU runs see each character a few times at most: no overfitting to fight
 
 
 class CharRNN(nn.Module):

@@ -31,60 +31,15 @@ from .data import StreamBatches, encode_corpus, split_tokens
 from .distributed import Dist, from_environment, shutdown
 from .errors import CharlmError, UsageError
 from .evaluate import evaluate_tokens
-from .model import CharRNN, ModelConfig, detach_hidden
+from .config import ModelConfig, TrainConfig
+from .model import CharRNN, detach_hidden
 from .progress import NullReporter, Reporter
 from .sample import generate
 from .tokenizer import Tokenizer, train_tokenizer
 
-SCHEDULES = ("linear", "cosine", "constant")
 _STOP, _INTERRUPT, _VALIDATE = 1, 2, 4  # what the ranks agree on before each step
 EVAL_SHARE = 0.04  # at most this share of training time goes to validation and samples
 MAX_BAD_STEPS = 8  # consecutive non-finite steps before training gives up
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 32
-    seq_len: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # 0 turns clipping off
-    warmup_steps: int = 30
-    schedule: str = "linear"  # decay to min_lr_fraction * lr at the stop; "constant" never decays
-    min_lr_fraction: float = 0.01
-    max_steps: int | None = None
-    epochs: float | None = None
-    time_budget: float | None = None  # seconds of training, across resumes
-    val_fraction: float = 0.1
-    checkpoint_every: int | None = None  # steps; last.pt is also written at every validation
-    sample_length: int = 200
-    seed: int = 1337
-    device: str = "auto"
-    tokenizer: str = "char"
-    vocab_size: int | None = None
-
-    def validate(self) -> None:
-        positive = ["batch_size", "seq_len", "lr", "max_steps", "epochs", "time_budget", "checkpoint_every"]
-        for name in positive:
-            value = getattr(self, name)
-            if value is not None and not value > 0:  # written so that nan fails too
-                raise UsageError(f"--{name.replace('_', '-')}: must be positive, got {value}")
-        for name in ("lr", "weight_decay", "grad_clip"):
-            value = getattr(self, name)
-            if math.isnan(value) or (math.isinf(value) and name != "grad_clip"):  # inf clip: no clipping
-                raise UsageError(f"--{name.replace('_', '-')}: must be a finite number, got {value}")
-        if not -(2**63) <= self.seed < 2**64:  # what torch's generators accept
-            raise UsageError(f"--seed: must fit in 64 bits, got {self.seed}")
-        if not 0 <= self.val_fraction < 1:
-            raise UsageError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
-        if self.grad_clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise UsageError("--grad-clip, --weight-decay and --warmup-steps must not be negative")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-
-    @property
-    def stop_given(self) -> bool:
-        return any(v is not None for v in (self.max_steps, self.epochs, self.time_budget))
 
 
 @dataclass

@@ -1,0 +1,77 @@
+"""The settings of a run, as dataclasses: the model's shape and how it is trained.
+
+They are saved with `asdict` in every checkpoint and rebuilt from it. This module imports
+no torch, so the command line can show the defaults in its help without loading it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+CELLS = ("rnn", "gru", "lstm")
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained. The defaults are tuned for quality per second of a laptop CPU
+    (bench/tune.py, bench/README.md): on a CPU the number of optimizer steps matters more
+    than the characters each one sees, so batches are small and the learning rate high."""
+
+    batch_size: int = 16
+    seq_len: int = 64
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0 turns clipping off
+    warmup_steps: int = 30
+    schedule: str = "linear"  # decay to min_lr_fraction * lr at the stop; "constant" never decays
+    min_lr_fraction: float = 0.01
+    max_steps: int | None = None
+    epochs: float | None = None
+    time_budget: float | None = None  # seconds of training, across resumes
+    val_fraction: float = 0.1
+    checkpoint_every: int | None = None  # steps; last.pt is also written at every validation
+    sample_length: int = 200
+    seed: int = 1337
+    device: str = "auto"
+    tokenizer: str = "char"
+    vocab_size: int | None = None
+
+    def validate(self) -> None:
+        positive = ["batch_size", "seq_len", "lr", "max_steps", "epochs", "time_budget", "checkpoint_every"]
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # written so that nan fails too
+                raise UsageError(f"--{name.replace('_', '-')}: must be positive, got {value}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if math.isnan(value) or (math.isinf(value) and name != "grad_clip"):  # inf clip: no clipping
+                raise UsageError(f"--{name.replace('_', '-')}: must be a finite number, got {value}")
+        if not -(2**63) <= self.seed < 2**64:  # what torch's generators accept
+            raise UsageError(f"--seed: must fit in 64 bits, got {self.seed}")
+        if not 0 <= self.val_fraction < 1:
+            raise UsageError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise UsageError("--grad-clip, --weight-decay and --warmup-steps must not be negative")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+
+    @property
+    def stop_given(self) -> bool:
+        return any(v is not None for v in (self.max_steps, self.epochs, self.time_budget))
+
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    layers: int = 1
+    hidden: int = 256  # a 512-wide LSTM costs 3x more per character and learns no faster per character
+    embedding: int = 64  # characters need few dimensions; the recurrent matrix dominates the cost
+    dropout: float = 0.0  # short CPU runs see each character a few times at most: no overfitting to fight
+
+
