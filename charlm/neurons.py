@@ -1,0 +1,444 @@
+"""Looking inside a model: each unit's activation at each character, and the units that track a feature.
+
+The stacked RNN runs one layer at a time through the fused kernel the model itself uses
+(torch.lstm / torch.gru / torch.rnn_tanh over `CharRNN.layer_weights`), so every layer's
+hidden state h is exactly the model's. The gates are then recomputed in bulk, two large
+matrix products per layer, from each step's layer input and previous h; the LSTM cell
+state follows from them by one cheap elementwise pass over time. A long text runs as many
+parallel streams, chunk by chunk with the state carried, and the feature search keeps only
+float64 running sums per unit and state (Pearson statistics, saturation counts), so memory
+stays bounded however long the text. Activations are per token; a character takes the state
+after the token that completes it (the last of its byte tokens when it was unseen in
+training; the same token for every character of a subword piece).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+from .features import FEATURES, compute_feature, regex_feature
+from .model import CharRNN, ModelConfig
+from .tokenizer import Tokenizer
+
+# The states a unit has, per cell, in the order PyTorch stores the gates.
+STATES = {
+    "lstm": ("h", "c", "input", "forget", "candidate", "output"),
+    "gru": ("h", "reset", "update", "candidate"),
+    "rnn": ("h",),
+}
+SIGMOID_GATES = ("input", "forget", "output", "reset", "update")
+LEFT_SATURATED, RIGHT_SATURATED = 0.1, 0.9  # thresholds of Karpathy, Johnson & Fei-Fei (2015)
+SEARCH_STREAMS = 128  # wide batches keep the recurrent matrix products efficient on a CPU
+MIN_STREAM_TOKENS = 2048  # a stream starts from a zero state, so keep each long enough to warm up
+CHUNK = 128
+GUESSES = 3  # next-character guesses shown under each character with --predictions
+
+Carry = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # one layer's state, (1, B, H) each
+
+
+@dataclass(frozen=True)
+class UnitScore:
+    layer: int
+    state: str
+    unit: int
+    score: float
+
+    def as_dict(self) -> dict:
+        return {"layer": self.layer, "state": self.state, "unit": self.unit, "score": self.score}
+
+
+@dataclass
+class GateSaturation:
+    layer: int
+    gate: str
+    left: np.ndarray  # per unit: fraction of characters with the gate below 0.1
+    right: np.ndarray  # ... above 0.9
+
+    def as_dict(self) -> dict:
+        return {"layer": self.layer, "gate": self.gate, "left_saturated": self.left.round(6).tolist(),
+                "right_saturated": self.right.round(6).tolist()}
+
+
+# -- running the layers -----------------------------------------------------------------------------
+def run_layer(model: CharRNN, layer: int, x: torch.Tensor, carry: Carry, wanted: set[str]
+              ) -> tuple[torch.Tensor, Carry, dict[str, torch.Tensor]]:
+    """One layer over x (T, B, In), time-major: (h (T, B, H), the carried state, the wanted states)."""
+    cell = model.config.cell
+    weights = list(model.layer_weights(layer))
+    w_ih, w_hh, b_ih, b_hh = weights
+    if cell == "lstm":
+        out, h_n, c_n = torch.lstm(x, carry, weights, True, 1, 0.0, False, False, False)
+        new_carry: Carry = (h_n, c_n)
+    elif cell == "gru":
+        out, h_n = torch.gru(x, carry, weights, True, 1, 0.0, False, False, False)
+        new_carry = h_n
+    else:
+        out, h_n = torch.rnn_tanh(x, carry, weights, True, 1, 0.0, False, False, False)
+        new_carry = h_n
+    acts = {"h": out} if "h" in wanted else {}
+    if not wanted - {"h"}:
+        return out, new_carry, acts
+    steps, batch, hidden = out.shape
+    h0 = carry[0] if cell == "lstm" else carry
+    h_prev = torch.cat([h0, out[:-1]])  # the h each step started from
+    from_input = torch.addmm(b_ih, x.reshape(steps * batch, -1), w_ih.t())  # (T*B, gates*H)
+    from_hidden = torch.addmm(b_hh, h_prev.reshape(steps * batch, hidden), w_hh.t())
+    if cell == "lstm":
+        pre = from_input.add_(from_hidden).view(steps, batch, 4, hidden)
+        gate = torch.sigmoid(pre[:, :, 0]), torch.sigmoid(pre[:, :, 1]), torch.tanh(pre[:, :, 2]), torch.sigmoid(pre[:, :, 3])
+        acts.update(zip(("input", "forget", "candidate", "output"), gate))
+        if "c" in wanted:
+            acts["c"] = _cell_states(gate[0] * gate[2], gate[1], carry[1][0])
+    else:  # gru
+        gi = from_input.view(steps, batch, 3, hidden)
+        gh = from_hidden.view(steps, batch, 3, hidden)
+        reset = torch.sigmoid(gi[:, :, 0] + gh[:, :, 0])
+        update = torch.sigmoid(gi[:, :, 1] + gh[:, :, 1])
+        # The reset gate scales the previous state's contribution to the candidate, bias included.
+        candidate = torch.tanh(gi[:, :, 2] + reset * gh[:, :, 2])
+        acts.update(reset=reset, update=update, candidate=candidate)
+    return out, new_carry, {name: acts[name] for name in wanted}
+
+
+def _cell_states(written: torch.Tensor, forget: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """c_t = forget_t * c_{t-1} + input_t * candidate_t, one (B, H) step at a time; written = i * g."""
+    cells = torch.empty_like(written)
+    previous = c0
+    for t in range(written.shape[0]):
+        previous = torch.addcmul(written[t], forget[t], previous, out=cells[t])
+    return cells
+
+
+def zero_carry(model: CharRNN, layer_count: int, batch: int, device) -> list[Carry]:
+    zeros = [torch.zeros(1, batch, model.config.hidden, device=device) for _ in range(layer_count)]
+    if model.config.cell == "lstm":
+        return [(z, torch.zeros_like(z)) for z in zeros]
+    return zeros
+
+
+@torch.no_grad()
+def run_stack(model: CharRNN, ids: torch.Tensor, carry: list[Carry], wanted: dict[int, set[str]]
+              ) -> tuple[dict[tuple[int, str], torch.Tensor], list[Carry], torch.Tensor]:
+    """Layers 0..len(carry)-1 over ids (T, B): the wanted {(layer, state): (T, B, H)}, carry, top h."""
+    x = model.embed(ids)
+    acts: dict[tuple[int, str], torch.Tensor] = {}
+    new_carry = []
+    for layer in range(len(carry)):
+        x, layer_carry, layer_acts = run_layer(model, layer, x, carry[layer], wanted.get(layer, set()))
+        new_carry.append(layer_carry)
+        acts.update({(layer, name): value for name, value in layer_acts.items()})
+    return acts, new_carry, x
+
+
+# -- characters and tokens ----------------------------------------------------------------------------
+@dataclass
+class AlignedText:
+    """A text, its tokens, and for each character the index of the token that completes it."""
+
+    text: str
+    tokens: np.ndarray  # int64
+    char_token: np.ndarray  # int64, one per character of `text`
+
+    def per_token(self, values: np.ndarray) -> np.ndarray:
+        """Sum per-character values onto the tokens that complete those characters (float64)."""
+        return np.bincount(self.char_token, weights=values, minlength=len(self.tokens))
+
+
+def align_text(tokenizer: Tokenizer, text: str) -> AlignedText:
+    tokens = tokenizer.encode(text).astype(np.int64)
+    if tokenizer.kind == "char" and len(tokens) == len(text):
+        return AlignedText(text, tokens, np.arange(len(text), dtype=np.int64))
+    # Byte fallback or subword pieces: decode token by token to see which characters each completes.
+    decoder = tokenizer.stream_decoder()
+    pieces = [decoder(t) for t in tokens.tolist()]
+    if pieces:
+        pieces[-1] += decoder.flush()
+    completed = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+    return AlignedText("".join(pieces), tokens, np.repeat(np.arange(len(tokens), dtype=np.int64), completed))
+
+
+# -- the feature search -------------------------------------------------------------------------------
+@dataclass
+class ScanResult:
+    rankings: dict[str, list[UnitScore]]  # per feature, every unit-state, best |score| first
+    saturation: list[GateSaturation] = field(default_factory=list)
+    chars: int = 0
+
+
+def stream_count(n_tokens: int, streams: int = SEARCH_STREAMS, min_stream_tokens: int = MIN_STREAM_TOKENS) -> int:
+    """How many parallel streams a text of `n_tokens` is cut into: at most `streams`, none too short."""
+    return max(1, min(streams, n_tokens // max(min_stream_tokens, 1)))
+
+
+def _stats_device(device: torch.device) -> torch.device:
+    return torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
+
+
+@torch.no_grad()
+def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], wanted: dict[int, set[str]],
+         saturation: bool = False, device: str | torch.device = "cpu", streams: int = SEARCH_STREAMS,
+         chunk: int = CHUNK, on_progress: Callable[[int, int], None] | None = None,
+         min_stream_tokens: int = MIN_STREAM_TOKENS) -> ScanResult:
+    """One pass over the text: the Pearson correlation of each wanted {layer: states} unit with each
+    per-character feature, and with `saturation`, how often each sigmoid gate of those layers saturates.
+
+    Over characters, a unit's activation is its token's; so per token the sums are weighted by
+    how many characters it completes, and take the sum of those characters' feature values.
+    """
+    device = torch.device(device)
+    stats_dev = _stats_device(device)
+    cell, hidden = model.config.cell, model.config.hidden
+    n_tokens, n_chars = len(aligned.tokens), len(aligned.char_token)
+    names = list(features)
+    ranked = [(layer, state) for layer in sorted(wanted) for state in STATES[cell] if state in wanted[layer]]
+    ranked = ranked if names else []
+    gates = [(layer, g) for layer in sorted(wanted) for g in STATES[cell] if g in SIGMOID_GATES] if saturation else []
+    run_wanted: dict[int, set[str]] = {}
+    for layer, state in ranked + gates:
+        run_wanted.setdefault(layer, set()).add(state)
+    if not run_wanted:
+        return ScanResult({name: [] for name in names}, [], n_chars)
+
+    columns = [aligned.per_token(np.ones(n_chars))] + [aligned.per_token(features[k]) for k in names]
+    streams = stream_count(n_tokens, streams, min_stream_tokens)
+    length = -(-n_tokens // streams)
+    pad = streams * length - n_tokens
+    ids = torch.from_numpy(np.pad(aligned.tokens, (0, pad))).view(streams, length)
+    # Padding carries weight 0, so it adds nothing to any sum.
+    weights = torch.from_numpy(np.pad(np.stack(columns, 1), ((0, pad), (0, 0)))).view(streams, length, -1)
+    sums = {key: torch.zeros(1 + len(names), hidden, dtype=torch.float64, device=stats_dev) for key in ranked}
+    squares = {key: torch.zeros(hidden, dtype=torch.float64, device=stats_dev) for key in ranked}
+    saturated = {key: torch.zeros(2, hidden, dtype=torch.float64, device=stats_dev) for key in gates}
+    carry = zero_carry(model, max(run_wanted) + 1, streams, device)
+    for start in range(0, length, chunk):
+        step_ids = ids[:, start : start + chunk].t().to(device)  # (T, B)
+        acts, carry, _ = run_stack(model, step_ids, carry, run_wanted)
+        # Rows of a (T, B, H) activation flattened to (T*B, H) are time-major, like these weights.
+        w = weights[:, start : start + chunk].transpose(0, 1).reshape(-1, 1 + len(names)).to(stats_dev)
+        w_chars = w[:, 0]
+        for key, value in acts.items():
+            rows = value.reshape(-1, hidden).to(stats_dev)
+            if key in sums:
+                rows64 = rows.double()
+                sums[key] += w.t() @ rows64  # (1+K, H): the sum of w*a, then of F_k*a for each feature
+                squares[key] += w_chars @ rows64.square()
+            if key in saturated:
+                w32 = w_chars.float()
+                saturated[key][0] += w32 @ (rows < LEFT_SATURATED).float()
+                saturated[key][1] += w32 @ (rows > RIGHT_SATURATED).float()
+        if on_progress is not None:
+            on_progress(min((start + chunk) * streams, n_tokens), n_tokens)
+    rankings = {}
+    for k, name in enumerate(names):
+        f = features[name].astype(np.float64)
+        scores = {key: _pearson(sums[key][0], squares[key], sums[key][1 + k], n_chars, f.sum(), (f * f).sum())
+                  for key in ranked}
+        rankings[name] = _ranked(scores, cell)
+    sat = [GateSaturation(layer, gate, (counts[0] / max(n_chars, 1)).cpu().numpy(),
+                          (counts[1] / max(n_chars, 1)).cpu().numpy())
+           for (layer, gate), counts in saturated.items()]
+    return ScanResult(rankings, sat, n_chars)
+
+
+def _pearson(sum_a, sum_aa, sum_af, n, sum_f, sum_ff) -> np.ndarray:
+    mean_a, mean_f = sum_a / n, sum_f / n
+    var_a = sum_aa / n - mean_a * mean_a
+    var_f = sum_ff / n - mean_f * mean_f
+    cov = sum_af / n - mean_a * mean_f
+    # A unit that never moves has no correlation; rounding leaves it a variance near 1e-16 of its scale.
+    moving = var_a > 1e-10 * (sum_aa / n + 1e-30)
+    if not var_f > 0:  # a constant feature: nothing can track it
+        return np.zeros(len(sum_a))
+    score = torch.where(moving, cov / torch.sqrt(var_a.clamp_min(1e-300) * var_f), torch.zeros_like(cov))
+    return score.clamp(-1.0, 1.0).cpu().numpy()
+
+
+def _ranked(scores: dict[tuple[int, str], np.ndarray], cell: str) -> list[UnitScore]:
+    order = STATES[cell]
+    entries = [UnitScore(layer, state, unit, float(s))
+               for (layer, state), values in scores.items() for unit, s in enumerate(values)]
+    entries.sort(key=lambda e: (-abs(e.score), e.layer, order.index(e.state), e.unit))
+    return entries
+
+
+# -- the activations of a few units over a short text ------------------------------------------------
+@torch.no_grad()
+def unit_activations(model: CharRNN, aligned: AlignedText, units: list[tuple[int, str, int]],
+                     tokenizer: Tokenizer | None = None, guesses: int = 0, device="cpu", chunk: int = 512
+                     ) -> tuple[np.ndarray, list[list[tuple[str, float]]] | None]:
+    """Per character, the activations of (layer, state, unit)s, (len(units), chars), and optionally
+    the model's `guesses` likeliest next tokens after each character, as (text, probability)."""
+    device = torch.device(device)
+    n = len(aligned.tokens)
+    wanted: dict[int, set[str]] = {}
+    for layer, state, _ in units:
+        wanted.setdefault(layer, set()).add(state)
+    top = model.config.layers - 1 if guesses else max(wanted, default=0)
+    per_token = np.zeros((len(units), n), dtype=np.float32)
+    guess_ids, guess_probs = np.zeros((n, guesses), np.int64), np.zeros((n, guesses), np.float32)
+    ids = torch.from_numpy(aligned.tokens).view(1, n)
+    carry = zero_carry(model, top + 1, 1, device)
+    for start in range(0, n, chunk):
+        acts, carry, top_h = run_stack(model, ids[:, start : start + chunk].t().to(device), carry, wanted)
+        for i, (layer, state, unit) in enumerate(units):
+            per_token[i, start : start + chunk] = acts[(layer, state)][:, 0, unit].float().cpu().numpy()
+        if guesses:
+            probs = torch.softmax(model.head(top_h[:, 0]).float(), dim=-1)
+            best = torch.topk(probs, min(guesses, probs.shape[-1]), dim=-1)
+            guess_ids[start : start + chunk, : best.indices.shape[1]] = best.indices.cpu().numpy()
+            guess_probs[start : start + chunk, : best.values.shape[1]] = best.values.cpu().numpy()
+    per_char = per_token[:, aligned.char_token]
+    if not guesses or tokenizer is None:
+        return per_char, None
+    texts = {i: tokenizer.decode([i]) for i in np.unique(guess_ids).tolist()}
+    shown = [[(texts[int(i)], float(p)) for i, p in zip(guess_ids[t], guess_probs[t])] for t in aligned.char_token]
+    return per_char, shown
+
+
+# -- the command as a whole ---------------------------------------------------------------------------
+@dataclass
+class InspectOptions:
+    units: list[int] = field(default_factory=list)
+    layer: int | None = None  # with units: default the top layer; with a search: every layer
+    state: str | None = None  # with units: default h; with a search: every state
+    find: str | None = None
+    find_regex: str | None = None
+    top: int = 10  # rows of the ranking kept; 0: all
+    show: int = 2  # best units of a search coloured over the text
+    saturation: bool = False
+    predictions: bool = False
+    show_chars: int = 2000
+    streams: int = SEARCH_STREAMS
+
+
+@dataclass
+class UnitView:
+    layer: int
+    state: str
+    unit: int
+    values: np.ndarray  # one per shown character
+    score: float | None = None
+    feature: str | None = None
+
+
+@dataclass
+class InspectReport:
+    checkpoint: str
+    model: ModelConfig
+    chars: int  # characters of the inspected text
+    shown_text: str
+    feature: str | None = None  # what --find / --find-regex searched for
+    ranking: list[UnitScore] | None = None
+    overview: list[tuple[str, UnitScore]] | None = None  # the best unit for each built-in feature
+    views: list[UnitView] = field(default_factory=list)
+    guesses: list[list[tuple[str, float]]] | None = None
+    saturation: list[GateSaturation] | None = None
+
+    def as_json(self) -> list[dict]:
+        """The main result as plain data: the ranking of a search, else the saturation, the best unit
+        per feature, the shown units' activations, or the next-character guesses."""
+        if self.ranking is not None:
+            return [entry.as_dict() for entry in self.ranking]
+        if self.saturation:
+            return [gate.as_dict() for gate in self.saturation]
+        if self.overview is not None:
+            return [{"feature": name, **entry.as_dict()} for name, entry in self.overview]
+        if self.views:
+            return [{"layer": v.layer, "state": v.state, "unit": v.unit, "text": self.shown_text,
+                     "activations": v.values.round(6).tolist()} for v in self.views]
+        return [{"char": ch, "guesses": [{"text": t, "probability": round(p, 6)} for t, p in guesses]}
+                for ch, guesses in zip(self.shown_text, self.guesses or [])]
+
+
+def check_options(config: ModelConfig, options: InspectOptions) -> None:
+    """Bad --layer / --state / --unit / --find choices, as usage errors naming the option."""
+    states = STATES[config.cell]
+    if options.layer is not None and not 0 <= options.layer < config.layers:
+        raise UsageError(f"--layer {options.layer}: the model has {config.layers} layer"
+                         f"{'s' if config.layers > 1 else ''} (0-{config.layers - 1})")
+    if options.state is not None and options.state not in states:
+        article = "a" if config.cell == "gru" else "an"
+        raise UsageError(f"--state {options.state}: {article} {config.cell.upper()} unit has {', '.join(states)}")
+    for unit in options.units:
+        if not 0 <= unit < config.hidden:
+            raise UsageError(f"--unit {unit}: the model has {config.hidden} units per layer (0-{config.hidden - 1})")
+    if options.find is not None and options.find not in FEATURES:
+        raise UsageError(f"--find {options.find}: unknown feature; choose one of {', '.join(FEATURES)}")
+    if options.find and options.find_regex is not None:
+        raise UsageError("--find and --find-regex: give one feature at a time")
+    if options.top < 0 or options.show < 0 or options.show_chars < 1:
+        raise UsageError("--top and --show must not be negative, --show-chars must be positive")
+    if options.saturation and config.cell == "rnn":
+        raise UsageError("--saturation: a vanilla RNN has no gates")
+
+
+def inspect(checkpoint: Path | str, text: str, options: InspectOptions, device: str | torch.device = "cpu",
+            on_progress: Callable[[int, int], None] | None = None) -> InspectReport:
+    """Everything `charlm inspect-neurons` shows, for a checkpoint and a text."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+
+    payload = load_checkpoint(checkpoint)
+    model, tokenizer = model_from_checkpoint(payload, device)
+    config = model.config
+    check_options(config, options)
+    if not text:
+        raise UsageError("the text to inspect is empty")
+    aligned = align_text(tokenizer, text)
+    report = InspectReport(str(payload["path"]), config, len(aligned.text), aligned.text[: options.show_chars])
+    search = options.find is not None or options.find_regex is not None
+    overview = not (search or options.units or options.saturation or options.predictions)
+    layers = [options.layer] if options.layer is not None else list(range(config.layers))
+    states = [options.state] if options.state is not None else list(STATES[config.cell])
+    features = {}
+    if search:
+        name = options.find or f"regex {options.find_regex}"
+        report.feature = name
+        values = (compute_feature(options.find, aligned.text) if options.find
+                  else regex_feature(options.find_regex, aligned.text))
+        features[name] = _nonconstant(name, values)
+    elif overview:
+        for name, compute in FEATURES.items():
+            values = compute(aligned.text)
+            if len(values) and values.min() != values.max():
+                features[name] = values
+    if overview and not features:
+        raise UsageError("the text is too uniform for any built-in feature to vary over it; "
+                         "give a longer text, or --unit N to colour it by a unit")
+    wanted = {layer: set(states) if features else set() for layer in layers}
+    if features or options.saturation:
+        result = scan(model, aligned, features, wanted, options.saturation, device, options.streams,
+                      on_progress=on_progress)
+        report.saturation = result.saturation if options.saturation else None
+        if search:
+            ranking = result.rankings[report.feature]
+            report.ranking = ranking[: options.top] if options.top else ranking
+        elif overview:
+            report.overview = [(name, result.rankings[name][0]) for name in features]
+    units: list[tuple[int, str, int, float | None, str | None]] = []
+    if report.ranking:
+        units += [(s.layer, s.state, s.unit, s.score, report.feature) for s in report.ranking[: options.show]]
+    elif report.overview:
+        best = sorted(report.overview, key=lambda item: -abs(item[1].score))[: options.show]
+        units += [(s.layer, s.state, s.unit, s.score, name) for name, s in best]
+    unit_layer = options.layer if options.layer is not None else config.layers - 1
+    units += [(unit_layer, options.state or "h", u, None, None) for u in options.units]
+    shown = align_text(tokenizer, report.shown_text) if len(aligned.text) > options.show_chars else aligned
+    if units or options.predictions:
+        values, report.guesses = unit_activations(model, shown, [u[:3] for u in units], tokenizer,
+                                                  GUESSES if options.predictions else 0, device)
+        report.views = [UnitView(layer, state, unit, values[i], score, feature)
+                        for i, (layer, state, unit, score, feature) in enumerate(units)]
+    return report
+
+
+def _nonconstant(name: str, values: np.ndarray) -> np.ndarray:
+    if len(values) < 2 or values.min() == values.max():
+        what = f"--find-regex {name[6:]!r}" if name.startswith("regex ") else f"--find {name}"
+        raise UsageError(f"{what}: the feature does not vary over this text, so no unit can track it")
+    return values
