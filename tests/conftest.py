@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
+import torch
+
+# The tests train tiny models: one thread runs them fastest, and one thread cannot stall
+# waiting for a core another process holds. Subprocesses (python -m charlm) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 
