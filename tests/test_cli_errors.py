@@ -21,15 +21,6 @@ from charlm.errors import CharlmError, UsageError
 from .conftest import make_text
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from torch's thread pool, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """One file or folder for each kind of bad input, plus a good corpus and a tiny model."""

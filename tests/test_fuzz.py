@@ -73,15 +73,6 @@ EVAL_OPTIONS = {"--show-chars": ints(1, 50), "--encoding": choice("utf-8", "lati
                 "--errors": choice("strict", "replace"), "--device": choice("auto", "cpu")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from torch's thread pool, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> dict[str, Path]:
     """Good and bad files to hand to the commands, and a tiny trained model."""

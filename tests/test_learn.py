@@ -27,15 +27,6 @@ from charlm.train import train
 from .conftest import TINY_MODEL, TINY_TRAIN, make_text
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine's other core is then never awaited."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def lstm_run(tmp_path_factory):
     """A small LSTM trained for a moment on the generated corpus; returns (run folder, corpus file)."""

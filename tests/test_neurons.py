@@ -388,31 +388,34 @@ def test_a_file_is_inspected_and_the_views_export_as_html_and_svg(tmp_path, caps
 
 # -- end to end: a trained model grows units the search finds ------------------------------------------
 NESTED = Path(__file__).resolve().parents[1] / "corpora" / "nested.txt"
-# Measured: after this training the best in-string unit scores about 0.80 against 0.45 for
-# the same shape untrained. Bracket depth is not yet learned this quickly (about 0.37 against
-# 0.31), so it is not asserted here.
-THRESHOLD = {"in-string": 0.7}
+# Measured with this recipe over seeds 1-5: the best trained unit scored 0.77-0.94 on bracket-depth and
+# 0.79-0.99 on in-string; an untrained LSTM of the same shape 0.46-0.66 and 0.36-0.44.
+THRESHOLD = {"bracket-depth": 0.75, "in-string": 0.75}
+MARGIN_OVER_UNTRAINED = 0.15
 
 
 @pytest.mark.slow
-def test_search_finds_a_string_unit_in_a_briefly_trained_lstm(tmp_path):
+def test_search_finds_bracket_and_string_units_in_a_briefly_trained_lstm(tmp_path):
     from charlm.checkpoint import load_checkpoint, model_from_checkpoint
     from charlm.corpus import open_corpus
     from charlm.train import train
 
-    train(open_corpus([NESTED]), {"cell": "lstm", "layers": 1, "hidden": 64, "embedding": 16},
-          {"max_steps": 2000, "lr": 0.02, "seq_len": 64, "batch_size": 32, "sample_length": 0, "seed": 1},
+    train(open_corpus([NESTED]), {"cell": "lstm", "layers": 1, "hidden": 128, "embedding": 16},
+          {"max_steps": 1500, "lr": 0.01, "seq_len": 128, "batch_size": 16, "sample_length": 0, "seed": 1},
           out=tmp_path / "run")
     trained, tokenizer = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt"))
     torch.manual_seed(1)
     untrained = CharRNN(trained.config).eval()
-    held_out = NESTED.read_text(encoding="utf-8")[-20000:]  # the validation split, never trained on
-    held_out = held_out[held_out.index("\n") + 1 :]  # start at a line, where depth is 0 and no string is open
+    held_out = NESTED.read_text(encoding="utf-8")[-20000:]  # inside the validation split, never trained on
+    held_out = held_out[held_out.index("\n") + 1 :]  # from a line start: depth 0, no string open
     aligned = align_text(tokenizer, held_out)
-    wanted = {"in-string": features.in_string(held_out)}
-    best = {name: abs(ranking[0].score) for name, ranking in scan(trained, aligned, wanted, all_states(trained)).rankings.items()}
-    chance = {name: abs(ranking[0].score) for name, ranking in scan(untrained, aligned, wanted, all_states(untrained)).rankings.items()}
+    wanted = {"bracket-depth": features.bracket_depth(held_out), "in-string": features.in_string(held_out)}
+
+    def best_scores(model):
+        rankings = scan(model, aligned, wanted, all_states(model)).rankings
+        return {name: abs(ranking[0].score) for name, ranking in rankings.items()}
+
+    best, chance = best_scores(trained), best_scores(untrained)
     for name in wanted:
         assert best[name] >= THRESHOLD[name], (name, best, chance)
-        assert best[name] >= chance[name] + 0.2, (name, best, chance)
-
+        assert best[name] >= chance[name] + MARGIN_OVER_UNTRAINED, (name, best, chance)

@@ -44,15 +44,6 @@ SMALL_RUN = ["--batch-size", "4", "--seq-len", "16", "--sample-length", "0", "--
              "--warmup-steps", "6", "--lr", "0.01"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from torch's thread pool, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
