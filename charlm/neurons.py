@@ -90,11 +90,14 @@ def run_layer(model: CharRNN, layer: int, x: torch.Tensor, carry: Carry, wanted:
     from_input = torch.addmm(b_ih, x.reshape(steps * batch, -1), w_ih.t())  # (T*B, gates*H)
     from_hidden = torch.addmm(b_hh, h_prev.reshape(steps * batch, hidden), w_hh.t())
     if cell == "lstm":
-        pre = from_input.add_(from_hidden).view(steps, batch, 4, hidden)
-        gate = torch.sigmoid(pre[:, :, 0]), torch.sigmoid(pre[:, :, 1]), torch.tanh(pre[:, :, 2]), torch.sigmoid(pre[:, :, 3])
-        acts.update(zip(("input", "forget", "candidate", "output"), gate))
+        gates = from_input.add_(from_hidden).view(steps, batch, 4, hidden)  # i, f, g, o, activated in place
+        gates[:, :, :2].sigmoid_()
+        gates[:, :, 2].tanh_()
+        gates[:, :, 3].sigmoid_()
+        input_gate, forget, candidate, output = gates.unbind(2)
+        acts.update(input=input_gate, forget=forget, candidate=candidate, output=output)
         if "c" in wanted:
-            acts["c"] = _cell_states(gate[0] * gate[2], gate[1], carry[1][0])
+            acts["c"] = _cell_states(input_gate * candidate, forget, carry[1][0])
     else:  # gru
         gi = from_input.view(steps, batch, 3, hidden)
         gh = from_hidden.view(steps, batch, 3, hidden)
@@ -211,9 +214,13 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
     pad = streams * length - n_tokens
     ids = torch.from_numpy(np.pad(aligned.tokens, (0, pad))).view(streams, length)
     # Padding carries weight 0, so it adds nothing to any sum.
-    weights = torch.from_numpy(np.pad(np.stack(columns, 1), ((0, pad), (0, 0)))).view(streams, length, -1)
+    weights = torch.from_numpy(np.pad(np.stack(columns, 1), ((0, pad), (0, 0))).astype(np.float32))
+    weights = weights.view(streams, length, -1)
     sums = {key: torch.zeros(1 + len(names), hidden, dtype=torch.float64, device=stats_dev) for key in ranked}
     squares = {key: torch.zeros(hidden, dtype=torch.float64, device=stats_dev) for key in ranked}
+    # Sums are taken of each activation minus a reference near its mean (the first chunk's), in float32
+    # within a chunk and float64 across chunks: the shift keeps the variance from cancelling away.
+    shifts: dict[tuple[int, str], torch.Tensor] = {}
     saturated = {key: torch.zeros(2, hidden, dtype=torch.float64, device=stats_dev) for key in gates}
     carry = zero_carry(model, max(run_wanted) + 1, streams, device)
     for start in range(0, length, chunk):
@@ -224,20 +231,22 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
         w_chars = w[:, 0]
         for key, value in acts.items():
             rows = value.reshape(-1, hidden).to(stats_dev)
-            if key in sums:
-                rows64 = rows.double()
-                sums[key] += w.t() @ rows64  # (1+K, H): the sum of w*a, then of F_k*a for each feature
-                squares[key] += w_chars @ rows64.square()
             if key in saturated:
-                w32 = w_chars.float()
-                saturated[key][0] += w32 @ (rows < LEFT_SATURATED).float()
-                saturated[key][1] += w32 @ (rows > RIGHT_SATURATED).float()
+                saturated[key][0] += w_chars @ (rows < LEFT_SATURATED).float()
+                saturated[key][1] += w_chars @ (rows > RIGHT_SATURATED).float()
+            if key in sums:
+                if key not in shifts:
+                    shifts[key] = rows.mean(0)
+                shifted = rows - shifts[key]
+                sums[key] += (w.t() @ shifted).double()  # (1+K, H): the sum of w*d, then of F_k*d per feature
+                squares[key] += (w_chars @ shifted.square_()).double()
         if on_progress is not None:
             on_progress(min((start + chunk) * streams, n_tokens), n_tokens)
     rankings = {}
     for k, name in enumerate(names):
         f = features[name].astype(np.float64)
-        scores = {key: _pearson(sums[key][0], squares[key], sums[key][1 + k], n_chars, f.sum(), (f * f).sum())
+        scores = {key: _pearson(sums[key][0], squares[key], sums[key][1 + k], n_chars, f.sum(), (f * f).sum(),
+                                shifts[key].double())
                   for key in ranked}
         rankings[name] = _ranked(scores, cell)
     sat = [GateSaturation(layer, gate, (counts[0] / max(n_chars, 1)).cpu().numpy(),
@@ -246,15 +255,18 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
     return ScanResult(rankings, sat, n_chars)
 
 
-def _pearson(sum_a, sum_aa, sum_af, n, sum_f, sum_ff) -> np.ndarray:
-    mean_a, mean_f = sum_a / n, sum_f / n
-    var_a = sum_aa / n - mean_a * mean_a
+def _pearson(sum_d, sum_dd, sum_fd, n, sum_f, sum_ff, shift) -> np.ndarray:
+    """Per unit, from sums of d = activation - shift: Pearson's r is the same for d as for the activation."""
+    mean_d, mean_f = sum_d / n, sum_f / n
+    var_a = sum_dd / n - mean_d * mean_d
     var_f = sum_ff / n - mean_f * mean_f
-    cov = sum_af / n - mean_a * mean_f
-    # A unit that never moves has no correlation; rounding leaves it a variance near 1e-16 of its scale.
-    moving = var_a > 1e-10 * (sum_aa / n + 1e-30)
+    cov = sum_fd / n - mean_d * mean_f
     if not var_f > 0:  # a constant feature: nothing can track it
-        return np.zeros(len(sum_a))
+        return np.zeros(len(sum_d))
+    # A unit that never moves has no correlation; float32 rounding leaves it a variance near 1e-14
+    # of its squared size, which must not turn into a score.
+    scale = (shift + mean_d).square() + var_a.clamp_min(0)
+    moving = var_a > 1e-10 * (scale + 1e-30)
     score = torch.where(moving, cov / torch.sqrt(var_a.clamp_min(1e-300) * var_f), torch.zeros_like(cov))
     return score.clamp(-1.0, 1.0).cpu().numpy()
 
