@@ -385,6 +385,8 @@ def inspect_neurons(
       charlm inspect-neurons --find-regex "[0-9]+" --json
       charlm inspect-neurons --saturation
     """
+    from contextlib import nullcontext
+
     from .checkpoint import latest_checkpoint
     from .corpus import open_corpus
     from .features import BUILTIN_TEXT
@@ -406,7 +408,9 @@ def inspect_neurons(
     options = InspectOptions(units=unit or [], layer=layer, state=state, find=find.value if find else None,
                              find_regex=find_regex, top=top, show=show, saturation=saturation,
                              predictions=predictions, show_chars=show_chars)
-    with RichReporter(_stderr()).task("inspecting") as advance:
+    console = _stderr()
+    bar = RichReporter(console).task("inspecting") if console.is_terminal else nullcontext(None)
+    with bar as advance:
         report = inspect(checkpoints[0] if checkpoints else latest_checkpoint(RUNS_DIR), text, options,
                          pick_device(device), on_progress=advance)
     parts = inspect_renderables(report)
@@ -419,26 +423,18 @@ def inspect_neurons(
 
 
 def _export_views(parts: list, html: Path | None, svg: Path | None) -> None:
-    """Write what the terminal shows as a page and/or an image, through a recording console."""
-    import io
-
-    from .render import SVG_FORMAT
+    """Write what the terminal shows as a page and/or an image."""
+    from .render import export_views
 
     terminal = Console()
     width = terminal.width if terminal.is_terminal else 100
-    recorder = Console(record=True, file=io.StringIO(), width=width, force_terminal=True,
-                       color_system="truecolor", highlight=False)
-    recorder.print(*parts)
-    for path, option in ((html, "--html"), (svg, "--svg")):
+    for path, kind in ((html, "html"), (svg, "svg")):
         if path is None:
             continue
-        svg_format = {"code_format": SVG_FORMAT} if SVG_FORMAT else {}
-        exported = (recorder.export_html(clear=False) if option == "--html"
-                    else recorder.export_svg(title="charlm inspect-neurons", clear=False, **svg_format))
         try:
-            path.write_text(exported, encoding="utf-8")
+            path.write_text(export_views(parts, kind, width), encoding="utf-8")
         except OSError as e:
-            raise CharlmError(f"{option} {path}: cannot write: {e.strerror}") from None
+            raise CharlmError(f"--{kind} {path}: cannot write: {e.strerror}") from None
         _stderr().print(f"wrote {path}", style="dim", markup=False, highlight=False)
 
 

@@ -6,12 +6,13 @@ markup, so brackets and backslashes in it show as they are.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 
 from rich.cells import cell_len
 from rich.color import Color
-from rich.console import Group
+from rich.console import Console, Group
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
@@ -282,3 +283,13 @@ def _self_contained_svg_format() -> str | None:
 
 
 SVG_FORMAT = _self_contained_svg_format()
+
+
+def export_views(parts: list, kind: str, width: int = 100) -> str:
+    """The renderables as a self-contained HTML page (kind "html") or SVG image ("svg")."""
+    recorder = Console(record=True, file=io.StringIO(), width=width, force_terminal=True,
+                       color_system="truecolor", highlight=False)
+    recorder.print(*parts)
+    if kind == "html":
+        return recorder.export_html()
+    return recorder.export_svg(title="charlm inspect-neurons", **({"code_format": SVG_FORMAT} if SVG_FORMAT else {}))
