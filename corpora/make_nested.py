@@ -1,15 +1,15 @@
-"""Writes corpora/nested.txt: made-up code full of nested brackets, quoted strings, comments and indentation.
+"""Writes corpora/nested.txt: made-up code full of nested brackets, quoted strings and indentation.
 
 The text is a small invented language, generated from a fixed seed so the file is the same
-on every machine. Each line is one statement and ends only at bracket depth 0; expressions
-nest calls f(...), lists [...], maps {...} and groups (...) up to five deep; a line ending
-in ':' opens a block indented four more spaces; '#' starts a comment. Two rules make the
-structure worth learning, so that a small model trained for a minute grows units that
-`charlm inspect-neurons --find bracket-depth` and `--find in-string` can find:
-- a number outside a string is the bracket depth where it stands, so predicting it takes
+on every machine. A line is an assignment `x = ...`, a block header `if x:` whose body is
+indented four spaces, or a comment; an expression nests lists [...], maps {...} and groups
+(...) up to five deep, and a line ends only when every bracket is closed. Some assignments
+put a whole expression inside double quotes. Two rules make this structure worth learning,
+so that a small LSTM trained for about a minute grows units that `charlm inspect-neurons
+--find bracket-depth` and `--find in-string` find (tests/test_neurons.py checks it):
+- outside strings, a number is the bracket depth where it stands, so predicting one takes
   counting brackets;
-- a string holds a long comma-separated list like the code around it, but its numbers are
-  random and it ends with a quote, so predicting inside it takes remembering the quote.
+- inside a string every number is 0, so predicting one takes knowing that a quote is open.
 
     python corpora/make_nested.py              # writes corpora/nested.txt (about 300 KB)
     python corpora/make_nested.py --chars 50000 --seed 2 --out other.txt
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
-WORDS = ("ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "jay", "kit", "owl", "pig", "ram", "yak")
-OPERATORS = (" + ", " - ", " * ", " or ")
+NAMES = "abcdefgh"
+BRACKETS = ("()", "[]", "{}")
 MAX_DEPTH = 5
 
 
@@ -30,59 +31,40 @@ class Generator:
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
 
-    def word(self) -> str:
-        return self.rng.choice(WORDS)
+    def name(self) -> str:
+        return self.rng.choice(NAMES)
 
-    def string(self) -> str:
-        quote = '"' if self.rng.random() < 0.8 else "'"
-        items = (self.word() if self.rng.random() < 0.5 else str(self.rng.randint(0, 9))
-                 for _ in range(self.rng.randint(3, 10)))
-        return quote + ", ".join(items) + quote
-
-    def atom(self, depth: int) -> str:
-        roll = self.rng.random()
-        if roll < 0.2:
-            return self.string()
-        if roll < 0.6:
-            return str(depth)
-        return self.word()
-
-    def expression(self, depth: int) -> str:
-        # Deeper expressions are more often plain atoms, so lines stay short and depth stays varied.
+    def expression(self, depth: int, quoted: bool) -> str:
+        # Deeper expressions are more often single atoms, so depth stays varied and lines short.
         if depth >= MAX_DEPTH or self.rng.random() < 0.15 + 0.15 * depth:
-            return self.atom(depth)
-        kind = self.rng.random()
-        if kind < 0.35:
-            return f"{self.word()}({self.items(depth + 1)})"
-        if kind < 0.6:
-            return f"[{self.items(depth + 1)}]"
-        if kind < 0.8:
-            pairs = (f"{self.word()}: {self.expression(depth + 1)}" for _ in range(self.rng.randint(1, 3)))
-            return "{" + ", ".join(pairs) + "}"
-        return f"({self.expression(depth + 1)}{self.rng.choice(OPERATORS)}{self.expression(depth + 1)})"
+            if self.rng.random() < 0.5 and depth > 0:
+                return "0" if quoted else str(depth)
+            return self.name()
+        opener, closer = self.rng.choice(BRACKETS)
+        items = ", ".join(self.expression(depth + 1, quoted) for _ in range(self.rng.randint(1, 3)))
+        return opener + items + closer
 
-    def items(self, depth: int) -> str:
-        return ", ".join(self.expression(depth) for _ in range(self.rng.randint(1, 3)))
+    def assignment(self) -> str:
+        if self.rng.random() < 0.35:
+            quoted = ""
+            while len(quoted) < 3:  # a string worth the name
+                quoted = self.expression(0, quoted=True)
+            return f'{self.name()} = "{quoted}"'
+        return f"{self.name()} = {self.expression(0, quoted=False)}"
 
-    def statement(self) -> str:
-        if self.rng.random() < 0.5:
-            return f"{self.word()} = {self.expression(0)}"
-        return f"{self.word()}({self.items(1)})"
-
-    def lines(self):
+    def lines(self) -> Iterator[str]:
         indent = 0
         while True:
             roll = self.rng.random()
-            pad = " " * indent
-            if roll < 0.06:
-                yield f"{pad}# {' '.join(self.word() for _ in range(self.rng.randint(2, 6)))}"
-            elif roll < 0.18 and indent < 12:
-                yield f"{pad}{self.rng.choice(('if', 'while', 'for'))} {self.expression(0)}:"
+            if roll < 0.04:
+                yield " " * indent + "# " + " ".join(self.name() for _ in range(self.rng.randint(2, 5)))
+            elif roll < 0.12 and indent < 8:
+                yield " " * indent + f"{self.rng.choice(('if', 'while'))} {self.name()}:"
                 indent += 4
-                yield " " * indent + self.statement()
+                yield " " * indent + self.assignment()
             else:
-                yield pad + self.statement()
-            if indent and self.rng.random() < 0.3:
+                yield " " * indent + self.assignment()
+            if indent and self.rng.random() < 0.35:
                 indent -= 4
 
 
