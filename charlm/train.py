@@ -513,7 +513,9 @@ def train(
     dist, device = from_environment(pick_device(train_options.get("device", "auto")))
     reporter = (reporter or NullReporter()) if dist.is_main else NullReporter()
     try:
-        return _train(corpus, model_options, train_options, out, resume, runs_dir, reporter, dist, device)
+        result = _train(corpus, model_options, train_options, out, resume, runs_dir, reporter, dist, device)
+        dist.barrier()  # rank 0 may still be writing; no rank leaves the group while another is busy
+        return result
     finally:
         shutdown(dist)
 
