@@ -47,12 +47,15 @@ LN2 = math.log(2)
 
 
 # -- matching parameter counts ------------------------------------------------------------------
-def param_count(cell: str, hidden: int, vocab: int, embedding: int, layers: int) -> int:
-    """CharRNN's parameters: embedding, per layer g blocks of (W_ih, W_hh, b_ih, b_hh), the head."""
+def param_count(cell: str, hidden: int, vocab: int, embedding: int, layers: int, factored: bool = True) -> int:
+    """CharRNN's parameters: embedding, per layer g blocks of (W_ih, W_hh, b_ih, b_hh), the head.
+
+    A factored head (what charlm's byte-fallback vocabularies get) has one output more: the escape."""
     g = GATES[cell]
     first = g * hidden * (embedding + hidden + 2)
     deeper = (layers - 1) * g * hidden * (2 * hidden + 2)
-    return vocab * embedding + first + deeper + hidden * vocab + vocab
+    outputs = vocab + 1 if factored else vocab
+    return vocab * embedding + first + deeper + hidden * outputs + outputs
 
 
 def hidden_for_params(cell: str, params: int, vocab: int, embedding: int, layers: int) -> int:
@@ -60,8 +63,9 @@ def hidden_for_params(cell: str, params: int, vocab: int, embedding: int, layers
     g = GATES[cell]
     # param_count is a*H^2 + b*H + c in the hidden size H; take the positive root.
     a = g * (2 * layers - 1)
-    b = g * (embedding + 2) + 2 * g * (layers - 1) + vocab
-    c = vocab * embedding + vocab - params
+    outputs = vocab + 1
+    b = g * (embedding + 2) + 2 * g * (layers - 1) + outputs
+    c = vocab * embedding + outputs - params
     fixed = vocab * embedding + vocab + vocab  # what even hidden = 1 costs besides the cell
     if c >= 0:
         raise UsageError(f"--params {params}: too few for a vocabulary of {vocab} characters "

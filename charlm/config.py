@@ -73,5 +73,9 @@ class ModelConfig:
     hidden: int = 256  # a 512-wide LSTM costs 3x more per character and learns no faster per character
     embedding: int = 64  # characters need few dimensions; the recurrent matrix dominates the cost
     dropout: float = 0.0  # short CPU runs see each character a few times at most: no overfitting to fight
+    # First id of the tokenizer's 256 byte-fallback tokens (-1: none). The head then scores the
+    # real symbols plus one "some byte" escape, and a second small head picks the byte only
+    # where one is needed: the 256 byte rows, rare in any text, cost nothing per character.
+    bytes_from: int = -1
 
 

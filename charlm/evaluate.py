@@ -74,10 +74,9 @@ def token_losses(
     for start in range(0, length, chunk):
         x = inputs[:, start : start + chunk].to(device)
         y = targets[:, start : start + chunk].to(device)
-        logits, _, hidden = model(x, hidden)
+        out, hidden = model.rnn(model.embed(x), hidden)
         hidden = detach_hidden(hidden)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
-        losses[:, start : start + chunk] = nll.view(y.shape).cpu()
+        losses[:, start : start + chunk] = model.token_nll(out, y).cpu()
     model.train(was_training)
     return losses.flatten()[:n]
 

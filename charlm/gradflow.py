@@ -111,7 +111,7 @@ def _group_norms(model: CharRNN, warm: torch.Tensor, window: torch.Tensor,
         hs = torch.stack(new_h)  # (L, B, H)
         cs = torch.stack(new_c) if lstm else None
         states.append(hs)
-    logits = model.head(hs[-1])  # (B, V)
+    logits = model.logits(hs[-1])  # (B, V)
     # Summed over the windows: they share no computation, so each window's state gets its own gradient.
     loss = F.cross_entropy(logits, target, reduction="sum")
     grads = torch.autograd.grad(loss, states)

@@ -5,6 +5,12 @@ a GPU, oneDNN on a CPU): that is the fast path for training and evaluation. `ste
 one character at a time with the cell functions (`torch.lstm_cell`, ...) over the same
 weights; on a CPU that is about ten times faster than calling the fused module once per
 character, which is what sampling does. A test holds the two paths equal.
+
+The head is factored when the vocabulary has byte-fallback tokens (it always does when
+charlm made it): one softmax over the real symbols plus an escape, and a 256-way byte
+softmax after the escape. Byte tokens stand only for characters unseen in training, so
+training and evaluation almost never compute the byte softmax; with 65 characters, the
+factored head is a fifth of the size of a plain one over all 322 tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import CELLS, ModelConfig
+
+NUM_BYTES = 256  # byte-fallback tokens, one per byte value
+IGNORE = -100  # a target that counts for nothing (padding)
 
 # An LSTM's state is (h, c); a GRU's or RNN's is h alone. Each tensor is (layers, batch, hidden).
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -35,7 +44,13 @@ class CharRNN(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden, config.vocab_size)
+        self.factored = config.bytes_from >= 0
+        if self.factored:
+            # Real symbols plus one escape meaning "a byte token"; the byte itself comes from byte_head.
+            self.head = nn.Linear(config.hidden, config.vocab_size - NUM_BYTES + 1)
+            self.byte_head = nn.Linear(config.hidden, NUM_BYTES)
+        else:
+            self.head = nn.Linear(config.hidden, config.vocab_size)
         if config.cell == "lstm":
             # Start with the forget gate open, so memory survives from the first step.
             hidden = config.hidden
@@ -52,14 +67,49 @@ class CharRNN(nn.Module):
     def forward(
         self, idx: torch.Tensor, hidden: Hidden | None = None, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, Hidden]:
-        """idx (B, T) token ids -> logits (B, T, V), mean cross-entropy if targets given, new hidden."""
+        """idx (B, T) token ids -> (logits (B, T, V), None, new hidden); with targets given,
+        (None, mean cross-entropy, new hidden): training never builds the full scores."""
         x = self.drop(self.embed(idx))  # (B, T, E)
         out, hidden = self.rnn(x, hidden)  # (B, T, H)
-        logits = self.head(self.drop(out))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return logits, loss, hidden
+        out = self.drop(out)
+        if targets is None:
+            return self.logits(out), None, hidden
+        # Training needs the loss only: the full (B, T, V) scores are never built.
+        nll = self.token_nll(out, targets)
+        return None, nll.sum() / (targets != IGNORE).sum().clamp_min(1), hidden
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        """Top-layer outputs (..., H) -> scores over the whole vocabulary (..., V).
+
+        With the byte head these are log-probabilities; softmax gives the same distribution."""
+        if not self.factored:
+            return self.head(out)
+        main = F.log_softmax(_wide(self.head(out)), dim=-1)
+        byte = main[..., -1:] + F.log_softmax(_wide(self.byte_head(out)), dim=-1)
+        b0 = self.config.bytes_from
+        return torch.cat([main[..., :b0], byte, main[..., b0:-1]], dim=-1)
+
+    def token_nll(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """-log p(target) at each position of `out` (..., H); 0 where the target is IGNORE (-100)."""
+        flat, t = out.reshape(-1, out.size(-1)), targets.reshape(-1)
+        if not self.factored:
+            nll = F.cross_entropy(_wide(self.head(flat)), t, ignore_index=IGNORE, reduction="none")
+            return nll.view(targets.shape)
+        b0 = self.config.bytes_from
+        is_byte = (t >= b0) & (t < b0 + NUM_BYTES)
+        escape = self.head.out_features - 1
+        main_t = torch.where(t < b0, t, torch.where(is_byte, escape, t - NUM_BYTES))  # IGNORE stays IGNORE
+        nll = F.cross_entropy(_wide(self.head(flat)), main_t, ignore_index=IGNORE, reduction="none")
+        if flat.is_cuda:  # no host sync: score the byte head everywhere, keep it where needed
+            byte_nll = F.cross_entropy(_wide(self.byte_head(flat)), (t - b0).clamp(0, NUM_BYTES - 1),
+                                       reduction="none")
+            nll = nll + byte_nll * is_byte
+        else:  # on a CPU only the (rare) byte positions pay for the byte head
+            where = is_byte.nonzero().squeeze(1)
+            if len(where):
+                byte_nll = F.cross_entropy(_wide(self.byte_head(flat[where])), t[where] - b0, reduction="none")
+                nll = nll.index_add(0, where, byte_nll)
+        return nll.view(targets.shape)
 
     def layer_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(W_ih, W_hh, b_ih, b_hh) of one layer, as the fused module stores them."""
@@ -90,10 +140,15 @@ class CharRNN(nn.Module):
             new_h.append(h)
             x = h
         h = torch.stack(new_h)
-        return self.head(x), ((h, torch.stack(new_c)) if lstm else h)
+        return self.logits(x), ((h, torch.stack(new_c)) if lstm else h)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _wide(scores: torch.Tensor) -> torch.Tensor:
+    """Half-precision scores (under autocast) go to float32 for the softmax; float64 stays."""
+    return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
 
 
 def detach_hidden(hidden: Hidden) -> Hidden:

@@ -301,7 +301,7 @@ def unit_activations(model: CharRNN, aligned: AlignedText, units: list[tuple[int
         for i, (layer, state, unit) in enumerate(units):
             per_token[i, start : start + chunk] = acts[(layer, state)][:, 0, unit].float().cpu().numpy()
         if guesses:
-            probs = torch.softmax(model.head(top_h[:, 0]).float(), dim=-1)
+            probs = torch.softmax(model.logits(top_h[:, 0]).float(), dim=-1)
             best = torch.topk(probs, min(guesses, probs.shape[-1]), dim=-1)
             guess_ids[start : start + chunk, : best.indices.shape[1]] = best.indices.cpu().numpy()
             guess_probs[start : start + chunk, : best.values.shape[1]] = best.values.cpu().numpy()

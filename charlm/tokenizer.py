@@ -56,6 +56,9 @@ class Tokenizer:
             else:
                 self._text.append(piece.replace(META, " "))
         self._byte_id = np.array([self._sp.piece_to_id(f"<0x{b:02X}>") for b in range(NUM_BYTES)], np.int32)
+        # sentencepiece lays the byte pieces out in order, one block; the model's head relies on it.
+        contiguous = np.array_equal(self._byte_id, self._byte_id[0] + np.arange(NUM_BYTES))
+        self.bytes_from = int(self._byte_id[0]) if contiguous else -1
         if kind == "char":
             table = {piece: i for i, piece in enumerate(self._text) if len(piece) == 1}
             keys = np.array(sorted(ord(c) for c in table), dtype=np.uint32)

@@ -116,8 +116,11 @@ class Trainer:
     ):
         self.dist = dist or Dist()
         self.model = model.to(device)
-        # Under torchrun, DistributedDataParallel averages the gradients of all ranks.
-        self.ddp = DistributedDataParallel(self.model) if self.dist.active else self.model
+        # Under torchrun, DistributedDataParallel averages the gradients of all ranks. On a CPU the
+        # byte head is used only by steps with a byte target, so DDP must look for unused parameters.
+        unused = model.factored and device.type != "cuda"
+        self.ddp = (DistributedDataParallel(self.model, find_unused_parameters=unused) if self.dist.active
+                    else self.model)
         self.tokenizer = tokenizer
         self.config = config
         self.out_dir = Path(out_dir)
@@ -554,7 +557,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
             tokenizer = train_tokenizer(corpus.chunks(), config.tokenizer, config.vocab_size)
         out, model, kind = dist.broadcast((out, tokenizer.model, tokenizer.kind) if dist.is_main else None)
         tokenizer = tokenizer if dist.is_main else Tokenizer(model, kind)
-        model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **model_options)
+        model_config = ModelConfig(tokenizer.vocab_size, bytes_from=tokenizer.bytes_from, **model_options)
     torch.manual_seed(config.seed)
 
     cache_dir = out.parent / ".cache"

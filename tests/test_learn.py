@@ -54,6 +54,9 @@ def _log(run_dir):
 def test_parameter_formula_counts_what_the_model_holds(cell, layers):
     for hidden, vocab, embedding in [(1, 5, 2), (37, 90, 16), (128, 300, 64)]:
         model = CharRNN(ModelConfig(vocab_size=vocab, cell=cell, layers=layers, hidden=hidden, embedding=embedding))
+        assert param_count(cell, hidden, vocab, embedding, layers, factored=False) == model.num_params()
+    for hidden, vocab, embedding in [(1, 260, 2), (128, 322, 64)]:  # with a byte-fallback block at ids 2..257
+        model = CharRNN(ModelConfig(vocab, cell, layers, hidden, embedding, bytes_from=2))
         assert param_count(cell, hidden, vocab, embedding, layers) == model.num_params()
 
 
@@ -141,7 +144,7 @@ def _direct_gradient_norm(model: CharRNN, tokens: torch.Tensor, end: int, k: int
     h = (state[0] if lstm else state).clone().requires_grad_(True)
     carried = (h, state[1]) if lstm else h
     if k == 0:
-        logits = model.head(h[-1])
+        logits = model.logits(h[-1])
     else:
         logits, _, _ = model(tokens[None, end - k + 1 : end + 1], carried)
         logits = logits[:, -1]
