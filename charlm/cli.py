@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 
 from . import __version__
 from .config import ModelConfig, TrainConfig
@@ -417,7 +417,7 @@ def inspect_neurons(
     if json_output:
         print(json.dumps(report.as_json()))
     else:
-        Console(highlight=False).print(*parts)
+        Console(highlight=False).print(Group(*parts))  # one part per line; print(*parts) joins texts
     if html is not None or svg is not None:
         _export_views(parts, html, svg)
 

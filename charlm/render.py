@@ -289,7 +289,7 @@ def export_views(parts: list, kind: str, width: int = 100) -> str:
     """The renderables as a self-contained HTML page (kind "html") or SVG image ("svg")."""
     recorder = Console(record=True, file=io.StringIO(), width=width, force_terminal=True,
                        color_system="truecolor", highlight=False)
-    recorder.print(*parts)
+    recorder.print(Group(*parts))
     if kind == "html":
         return recorder.export_html()
     return recorder.export_svg(title="charlm inspect-neurons", **({"code_format": SVG_FORMAT} if SVG_FORMAT else {}))

@@ -374,8 +374,10 @@ def test_a_file_is_inspected_and_the_views_export_as_html_and_svg(tmp_path, caps
     rc, out, _ = run_cli(capsys, ckpt, text_file, "--find", "in-string", "--show", "1",
                          "--html", tmp_path / "v.html", "--svg", tmp_path / "v.svg")
     assert rc == 0
-    assert "units that track in-string" in out
+    # Each part of the report starts its own line, on the terminal and in the page.
+    assert any(line.startswith("units that track in-string") for line in out.splitlines())
     page = (tmp_path / "v.html").read_text(encoding="utf-8")
+    assert "inspected units" not in page.replace("\n", " ").replace("</span>", "")
     assert page.startswith("<!DOCTYPE html>")
     assert "&lt;" in page and "&amp;" in page and "<b>" not in page  # the text is escaped
     assert "background-color: #" in page  # coloured per character
