@@ -38,10 +38,11 @@ class Corpus:
     def name(self) -> str:
         return self.files[0].stem if len(self.files) == 1 else f"{self.files[0].parent.name or 'corpus'}"
 
-    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
-        """Yield the text in pieces; each file ends with a newline before the next begins."""
+    def chunks(self, chunk_bytes: int | None = None) -> Iterator[str]:
+        """Yield the text in pieces of at most `chunk_bytes` bytes (default CHUNK_BYTES) of the
+        file; each file ends with a newline before the next begins."""
         for path in self.files:
-            yield from _read_file(path, self.encoding, self.errors, chunk_bytes)
+            yield from _read_file(path, self.encoding, self.errors, chunk_bytes or CHUNK_BYTES)
 
     def read(self) -> str:
         return "".join(self.chunks())

@@ -70,7 +70,7 @@ def _encode_to_file(corpus, tokenizer, dtype, path: Path, on_progress) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in corpus.chunks():
-                f.write(tokenizer.encode(chunk).astype(dtype).tobytes())
+                f.write(tokenizer.encode(chunk).astype(dtype, copy=False))
                 if on_progress:
                     done += len(chunk.encode(corpus.encoding, "replace"))
                     on_progress(min(done, total), total)

@@ -32,6 +32,7 @@ NUM_BYTES = 256
 _NEEDS_BYTES = re.compile("[\u2581\ud800-\udfff]")
 _TRAIN_TEXT_LIMIT = 200 << 20  # characters read to learn a subword vocabulary
 _LONG_LINE = 4096
+COUNT_SLICE = 1 << 20  # token ids counted at a time
 
 
 class Tokenizer:
@@ -60,10 +61,10 @@ class Tokenizer:
         contiguous = np.array_equal(self._byte_id, self._byte_id[0] + np.arange(NUM_BYTES))
         self.bytes_from = int(self._byte_id[0]) if contiguous else -1
         if kind == "char":
-            table = {piece: i for i, piece in enumerate(self._text) if len(piece) == 1}
-            keys = np.array(sorted(ord(c) for c in table), dtype=np.uint32)
-            self._keys = keys
-            self._vals = np.array([table[chr(k)] for k in keys], dtype=np.int32)
+            # A table indexed by code point (-1: not in the vocabulary): encoding is one gather.
+            table = {ord(piece): i for i, piece in enumerate(self._text) if len(piece) == 1}
+            self._id_of_point = np.full(max(table, default=0) + 1, -1, dtype=np.int32)
+            self._id_of_point[list(table)] = list(table.values())
 
     # -- encoding ---------------------------------------------------------------------------
     def encode(self, text: str) -> np.ndarray:
@@ -87,12 +88,11 @@ class Tokenizer:
 
     def _encode_chars(self, text: str) -> np.ndarray:
         points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        where = np.searchsorted(self._keys, points)
-        where[where == len(self._keys)] = 0
-        known = self._keys[where] == points if len(self._keys) else np.zeros(len(points), bool)
-        ids = self._vals[where] if len(self._keys) else np.zeros(len(points), np.int32)
+        ids = self._id_of_point.take(points, mode="clip")
+        ids[points >= len(self._id_of_point)] = -1
+        known = ids >= 0
         if known.all():
-            return ids.astype(np.int32, copy=False)
+            return ids
         # Unknown characters fall back to their UTF-8 bytes, so the sequence gets longer.
         unknown = np.flatnonzero(~known)
         pieces = [self._char_bytes(chr(points[i])) for i in unknown]
@@ -120,15 +120,16 @@ class Tokenizer:
 
     def count_chars(self, ids: np.ndarray) -> int:
         """Characters that `ids` decode to, without decoding: each piece's length, and one per
-        UTF-8 lead byte among byte-fallback tokens (an approximation only for broken byte runs)."""
-        ids = np.asarray(ids)
-        if len(ids) == 0:
-            return 0
-        lengths = np.array([len(t) for t in self._text], dtype=np.int64)
-        byte = self._byte[ids]
-        is_byte = byte >= 0
-        lead_bytes = int(np.count_nonzero(is_byte & ((byte & 0xC0) != 0x80)))
-        return int(lengths[ids[~is_byte]].sum()) + lead_bytes
+        UTF-8 lead byte among byte-fallback tokens (an approximation only for broken byte runs).
+        Read in slices, so a memory-mapped split of any size costs little memory."""
+        lengths = np.array([len(t) for t in self._text], dtype=np.int32)  # 0 for byte pieces
+        total = 0
+        for start in range(0, len(ids), COUNT_SLICE):
+            part = np.asarray(ids[start : start + COUNT_SLICE])
+            byte = self._byte[part]
+            total += int(np.count_nonzero((byte >= 0) & ((byte & 0xC0) != 0x80)))
+            total += int(lengths[part].sum(dtype=np.int64))
+        return total
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
@@ -220,11 +221,14 @@ class _Sink:
 
 
 def _count_chars(chunks: Iterable[str]) -> Counter:
-    counts: Counter = Counter()
+    totals = np.zeros(0, dtype=np.int64)
     for chunk in chunks:
-        points, n = np.unique(np.frombuffer(chunk.encode("utf-32-le", "surrogatepass"), np.uint32),
-                              return_counts=True)
-        counts.update({chr(p): int(k) for p, k in zip(points, n)})
+        # One counter per code point up to the largest seen: linear time, where sorting is not.
+        counts = np.bincount(np.frombuffer(chunk.encode("utf-32-le", "surrogatepass"), np.uint32))
+        if len(counts) > len(totals):
+            totals = np.concatenate([totals, np.zeros(len(counts) - len(totals), np.int64)])
+        totals[: len(counts)] += counts
+    counts = Counter({chr(p): int(totals[p]) for p in np.flatnonzero(totals)})
     for c in ("\n", META):
         counts.pop(c, None)
     for c in [c for c in counts if "\ud800" <= c <= "\udfff"]:

@@ -9,6 +9,8 @@ from charlm.corpus import open_corpus
 from charlm.data import StreamBatches, encode_corpus, split_tokens
 from charlm.tokenizer import train_tokenizer
 
+from .conftest import TINY_MODEL, TINY_TRAIN
+
 
 def test_batches_walk_contiguous_streams_with_targets_shifted_by_one():
     tokens = np.arange(1000, dtype=np.int64)
@@ -65,6 +67,39 @@ def test_encoded_corpus_is_cached_compactly_and_reused(tmp_path, corpus_file, mo
     again = encode_corpus(corpus, tok, cache_dir=tmp_path / "cache")
     assert isinstance(again, np.memmap)
     assert np.array_equal(first, again)
+
+
+def test_corpus_is_encoded_a_chunk_at_a_time_with_progress(tmp_path, monkeypatch):
+    # Memory stays bounded only if the tokenizer never sees more than one chunk of the file.
+    path = tmp_path / "mixed.txt"
+    text = "한국어 문장 and plain words 😀\n" * 400  # chunk borders fall inside multi-byte characters
+    path.write_text(text, encoding="utf-8")
+    corpus = open_corpus([path])
+    tok = train_tokenizer(corpus.chunks())
+    monkeypatch.setattr("charlm.corpus.CHUNK_BYTES", 1000)
+    encoded_lengths, progress = [], []
+    encode = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda chunk: encoded_lengths.append(len(chunk)) or encode(chunk))
+    tokens = encode_corpus(corpus, tok, cache_dir=tmp_path / "cache", on_progress=lambda *p: progress.append(p))
+    assert len(encoded_lengths) > 10 and max(encoded_lengths) <= 1000
+    assert tok.decode(tokens) == text
+    done = [d for d, _ in progress]
+    assert done == sorted(done) and progress[-1] == (path.stat().st_size, path.stat().st_size)
+
+
+def test_a_second_run_beside_the_first_reuses_its_token_cache(tmp_path, corpus_file, monkeypatch):
+    from charlm.train import train
+
+    options = {**TINY_TRAIN, "max_steps": 1}
+    train(open_corpus([corpus_file]), TINY_MODEL, options, out=tmp_path / "runs" / "first")
+
+    def no_encoding(*args):
+        raise AssertionError("the second run encoded the corpus again")
+
+    # The cache is keyed by the vocabulary too, so this also holds tokenizer training deterministic.
+    monkeypatch.setattr("charlm.data._encode_to_file", no_encoding)
+    train(open_corpus([corpus_file]), TINY_MODEL, options, out=tmp_path / "runs" / "second")
+    assert len(list((tmp_path / "runs" / ".cache").glob("tokens-*"))) == 1
 
 
 def test_changed_corpus_is_encoded_again(tmp_path, corpus_file):

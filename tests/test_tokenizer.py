@@ -122,6 +122,14 @@ def test_korean_corpus_keeps_every_character():
     assert tok.decode(ids) == sample
 
 
+def test_character_count_reads_long_id_arrays_in_slices(char_tok, monkeypatch):
+    text = "unseen Ωmega ∑ ∞, seen 한국어 and 😀, plain words\n" * 50  # byte-fallback runs cross slices
+    ids = char_tok.encode(text)
+    monkeypatch.setattr("charlm.tokenizer.COUNT_SLICE", 7)
+    assert char_tok.count_chars(ids) == len(text)
+    assert char_tok.count_chars(ids[:0]) == 0
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TEXT)
 def test_character_count_without_decoding(char_tok, subword_tok, text):
