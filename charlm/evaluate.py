@@ -9,13 +9,13 @@ divided by characters, so char, unigram and bpe models are compared on the same 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .model import CharRNN, detach_hidden
+from .model import IGNORE, CharRNN, detach_hidden
 
 DEFAULT_STREAMS = 32
 MIN_STREAM_TOKENS = 2048  # shorter texts run as fewer streams, so context is rarely cut
@@ -50,6 +50,34 @@ class EvalResult:
 
 
 @torch.no_grad()
+def _chunk_losses(model: CharRNN, tokens: np.ndarray, device, streams: int, chunk: int) -> Iterator[torch.Tensor]:
+    """Losses (streams, <=chunk) of consecutive chunks; stream s predicts positions s*L .. s*L+L-1.
+
+    Each chunk's ids are gathered from `tokens` as they are needed, so a memory-mapped split of
+    any size costs only a chunk's worth of memory; positions past the end give loss 0."""
+    n = len(tokens) - 1
+    length = -(-n // streams)  # ceil
+    was_training = model.training
+    model.eval()
+    hidden = None
+    rows = np.arange(streams)[:, None] * length
+    try:
+        for start in range(0, length, chunk):
+            at = rows + start + np.arange(min(chunk, length - start))[None, :]  # (streams, c) positions
+            valid = at < n
+            x = np.asarray(tokens).take(np.minimum(at, n - 1)).astype(np.int64)
+            y = np.where(valid, np.asarray(tokens).take(np.minimum(at + 1, n)).astype(np.int64), IGNORE)
+            out, hidden = model.rnn(model.embed(torch.from_numpy(x).to(device)), hidden)
+            hidden = detach_hidden(hidden)
+            yield model.token_nll(out, torch.from_numpy(y).to(device)).cpu()
+    finally:
+        model.train(was_training)
+
+
+def _streams_for(n: int, streams: int) -> int:
+    return max(1, min(streams, n // MIN_STREAM_TOKENS))
+
+
 def token_losses(
     model: CharRNN,
     tokens: np.ndarray,
@@ -61,30 +89,18 @@ def token_losses(
     n = len(tokens) - 1
     if n <= 0:
         return torch.zeros(0)
-    streams = max(1, min(streams, n // MIN_STREAM_TOKENS))
-    length = -(-n // streams)  # ceil
-    pad = streams * length - n
-    ids = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-    inputs = F.pad(ids[:-1], (0, pad)).view(streams, length)
-    targets = F.pad(ids[1:], (0, pad), value=-100).view(streams, length)
-    was_training = model.training
-    model.eval()
-    losses = torch.empty(streams, length)
-    hidden = None
-    for start in range(0, length, chunk):
-        x = inputs[:, start : start + chunk].to(device)
-        y = targets[:, start : start + chunk].to(device)
-        out, hidden = model.rnn(model.embed(x), hidden)
-        hidden = detach_hidden(hidden)
-        losses[:, start : start + chunk] = model.token_nll(out, y).cpu()
-    model.train(was_training)
+    streams = _streams_for(n, streams)
+    losses = torch.cat(list(_chunk_losses(model, tokens, device, streams, chunk)), dim=1)
     return losses.flatten()[:n]
 
 
 def evaluate_tokens(model: CharRNN, tokens: np.ndarray, chars: int, device="cpu", streams=DEFAULT_STREAMS) -> EvalResult:
-    """Total loss of a token sequence whose text is `chars` characters long."""
-    losses = token_losses(model, tokens, device, streams)
-    return EvalResult(nats=float(losses.double().sum()), chars=max(chars, 0), tokens=len(losses))
+    """Total loss of a token sequence whose text is `chars` characters long (only sums are kept)."""
+    n = len(tokens) - 1
+    if n <= 0:
+        return EvalResult(nats=0.0, chars=max(chars, 0), tokens=0)
+    nats = sum(float(part.double().sum()) for part in _chunk_losses(model, tokens, device, _streams_for(n, streams), CHUNK))
+    return EvalResult(nats=nats, chars=max(chars, 0), tokens=n)
 
 
 @dataclass

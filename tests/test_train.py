@@ -141,3 +141,26 @@ def test_korean_corpus_trains_and_samples(tmp_path):
     assert tok.vocab_size == 1518 - 1 + 256 + 2  # every character but "\n", plus bytes, <unk> and "\n"
     text = "".join(generate(model, tok, prime="그는 ", length=100, generator=torch.Generator().manual_seed(0)))
     assert len(text) == 100
+
+
+def test_validation_reads_at_most_the_start_of_a_big_held_out_split(tmp_path, corpus_file, monkeypatch):
+    import sys
+
+    from charlm.data import split_tokens
+    from charlm.evaluate import evaluate_tokens
+
+    class Summary(Reporter):
+        def summary(self, **info):
+            self.info = info
+
+    monkeypatch.setattr(sys.modules["charlm.train"], "VALIDATION_TOKENS", 300)
+    reporter = Summary()
+    train(open_corpus([corpus_file]), TINY_MODEL, {**TINY_TRAIN, "max_steps": 3}, out=tmp_path / "run",
+          reporter=reporter)
+    assert reporter.info["val_tokens"] == 300
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    model, tok = model_from_checkpoint(payload)
+    ids = tok.encode(corpus_file.read_text(encoding="utf-8"))
+    held_out = split_tokens(ids, payload["train_config"]["val_fraction"])[1][:300]
+    expected = evaluate_tokens(model, held_out, tok.count_chars(held_out[1:]))
+    assert payload["val_nats_per_char"] == pytest.approx(expected.nats_per_char, rel=1e-5)
