@@ -14,9 +14,8 @@ no encoding on the second run, the same memory for 1 GB as for 100 MB.
     python bench/big_corpus.py --mb 1000                # memory must not grow with the corpus
     python bench/big_corpus.py --mb 1000 -- --val-fraction 0.01   # anything after -- goes to charlm train
 
-Most of each run's wall time is the final validation over the whole held-out split (10% of
-the text by default); `--val-fraction 0.01` at 1000 MB holds out as much as the default
-does at 100 MB, so the two runs differ only in the size of the corpus.
+About half of each run's wall time is the final validation, which reads at most the
+first 500,000 held-out tokens however big the corpus is.
 """
 
 from __future__ import annotations
