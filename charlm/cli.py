@@ -208,7 +208,7 @@ def sample(
     import torch
 
     from .checkpoint import latest_checkpoint, load_checkpoint, model_from_checkpoint
-    from .sample import generate_batch
+    from .sample import generate_batch, write_samples
     from .train import pick_device
 
     if prime_file is not None:
@@ -228,26 +228,11 @@ def sample(
         generator.seed()
     stream = generate_batch(model, tokenizer, prime, length, num_samples, temp, top_k, top_p,
                             stop or None, generator, dev)
-    out = sys.stdout
-    if num_samples == 1:
-        out.write(prime)
-        out.flush()
-        written = []
-        for pieces in stream:
-            if pieces[0]:
-                out.write(pieces[0])
-                out.flush()
-                written.append(pieces[0])
-        out.write("\n")
-        texts = ["".join(written)]
-    else:
-        texts = [""] * num_samples
-        for pieces in stream:
-            for i, piece in enumerate(pieces):
-                texts[i] += piece
-        for i, text in enumerate(texts):
-            out.write(f"=== sample {i + 1} ===\n{prime}{text}\n")
-    out.flush()
+    try:
+        texts = write_samples(stream, sys.stdout, prime, num_samples)
+    except BrokenPipeError:  # charlm sample | head -1: the reader has all it wants
+        _drop_stdout()
+        return
     if novelty_corpus is not None:
         from .novelty import measure_novelty, novelty_table
 
@@ -560,11 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f"charlm: {_one_line(str(e))}")
         return e.exit_code
     except BrokenPipeError:
-        # The reader went away (charlm sample | head): not an error worth a message.
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
+        # The reader went away (charlm ... | head): not an error worth a message.
+        _drop_stdout()
         return 0
     except KeyboardInterrupt:
         _fail("charlm: interrupted")
@@ -579,6 +561,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def _drop_stdout() -> None:
+    """Point stdout at the null device once its reader is gone, as `yes | head` ends quietly:
+    what is still buffered then goes nowhere instead of failing again when Python exits."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file behind stdout (captured in tests)
+        pass
 
 
 def _fail(message: str) -> None:

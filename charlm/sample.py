@@ -1,20 +1,33 @@
 """Generating text: one character at a time, many samples side by side.
 
 The prime is run through the model in one batched forward pass; after that each new
-character costs one `CharRNN.step` (the cell functions over the trained weights) for all
-samples at once. Temperature 0 takes the most likely character; otherwise the
-distribution is sharpened or flattened by the temperature and cut by top-k and top-p
-(nucleus) before drawing, with a seeded generator so the same seed gives the same text.
+character costs one step of the model's cells for all samples at once (`PackedCells`:
+the trained weights, packed once for the run) and one draw. Temperature 0 takes the most
+likely character; otherwise the distribution is sharpened or flattened by the temperature
+and cut by top-k and top-p (nucleus) before drawing, with a seeded generator so the same
+seed gives the same text. Without top-k and top-p a draw reads only the model's main head,
+and a factored head's byte softmax only for the rare streams that draw the byte escape
+(`TokenChooser`), so on a CPU a character costs little more than the recurrence.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from typing import TextIO
 
 import torch
+import torch.nn.functional as F
 
-from .model import CharRNN
+from .model import NUM_BYTES, CharRNN, Hidden
 from .tokenizer import Tokenizer
+
+# Temperatures that scale float32 scores without overflow or underflow; outside them, and
+# with top-k or top-p, the draw goes through filter_logits, the slower, careful way.
+PLAIN_TEMPERATURES = (1e-3, 1e3)
+# Largest table of layer-0 input gates (vocabulary x gates, in floats: 16 MB) worth keeping;
+# a bigger vocabulary multiplies its embedding each step instead.
+TABLE_LIMIT = 1 << 22
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -46,11 +59,182 @@ def pick_next(
     """Next token of each row of logits (B, V) -> (B,)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+    return draw(torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1), generator)
 
 
-@torch.no_grad()
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of probs (B, V) -> (B,), by where a uniform number falls in the
+    running sum: one random number per row, and at 64 rows about ten times cheaper than
+    torch.multinomial. An index of probability 0 adds nothing to the sum, so none falls on it."""
+    cumulative = probs.cumsum(dim=-1)  # (B, V)
+    total = cumulative[:, -1:].contiguous()  # about 1; its own rounding is what counts
+    uniform = torch.rand(total.shape, generator=generator, dtype=probs.dtype).to(probs.device)
+    index = torch.searchsorted(cumulative, uniform * total, right=True)
+    # A product that rounds up to the total itself would point past the end: take the last
+    # index that raises the sum instead.
+    last = torch.searchsorted(cumulative, total)
+    return torch.minimum(index, last).squeeze(1)
+
+
+class TokenChooser:
+    """Draws each stream's next token from the top layer's output (B, H), exactly as
+    `pick_next` would from the model's logits with the tokenizer's special ids banned.
+
+    The common case (no top-k or top-p, an ordinary temperature) costs one small matrix
+    product: model.head with the temperature and the bans folded into its weights. With a
+    factored head, its last output, the escape, stands for all 256 byte tokens; at
+    temperature T the bytes together weigh p_escape^(1/T) * Z with Z = sum of p_byte^(1/T),
+    which only the byte head knows. Z is at most Z_max (1 up to T = 1, 256^(1 - 1/T)
+    above), so the escape is drawn with weight p_escape^(1/T) * Z_max, and a stream that
+    draws it computes its byte head, keeps the escape with probability Z / Z_max (then
+    draws the byte) or else draws again: rejection sampling, whose result has exactly the
+    full distribution, and which computes the byte head only where the escape comes up.
+    """
+
+    def __init__(self, model: CharRNN, tokenizer: Tokenizer, temperature: float, top_k: int, top_p: float,
+                 generator: torch.Generator | None, device: str | torch.device):
+        self.model, self.generator = model, generator
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        vocab = tokenizer.vocab_size
+        banned = {i for i in range(vocab) if tokenizer.is_special(i)}
+        self.plain = top_k == 0 and top_p >= 1.0 and PLAIN_TEMPERATURES[0] <= temperature <= PLAIN_TEMPERATURES[1]
+        if not self.plain:
+            self.ban = None
+            if banned:  # added to the logits: -inf on the ids that stand for no text
+                self.ban = torch.zeros(vocab, device=device)
+                self.ban[list(banned)] = float("-inf")
+            return
+        # The token id of each output of model.head; a factored head ends with the escape.
+        self.bytes_from = model.config.bytes_from if model.factored else -1
+        if model.factored:
+            start = self.bytes_from
+            self.token_of = [*range(start), *range(start + NUM_BYTES, vocab)]
+            self.escape = len(self.token_of)
+            self.z_max = 1.0 if temperature <= 1 else NUM_BYTES ** (1 - 1 / temperature)
+        else:
+            self.token_of = list(range(vocab))
+            self.escape = -1
+        weight = model.head.weight.detach() / temperature
+        bias = model.head.bias.detach() / temperature
+        bias[[j for j, token in enumerate(self.token_of) if token in banned]] = float("-inf")
+        if self.escape >= 0:
+            bias[self.escape] += math.log(self.z_max)
+        self.weight, self.bias = weight.to(device), bias.to(device)
+
+    def __call__(self, top: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """top (B, H) -> the next token of each stream, as a tensor (B,) and as a list."""
+        if not self.plain:
+            logits = self.model.logits(top)
+            if self.ban is not None:
+                logits = logits + self.ban
+            token = pick_next(logits, self.temperature, self.top_k, self.top_p, self.generator)
+            return token, token.tolist()
+        probs = torch.softmax(F.linear(top, self.weight, self.bias).float(), dim=-1)  # (B, outputs)
+        choice = draw(probs, self.generator).tolist()
+        tokens = [self.token_of[c] if c != self.escape else -1 for c in choice]
+        while -1 in tokens:  # rare: only streams that drew the escape
+            self._resolve_escapes(top, probs, tokens)
+        return torch.tensor(tokens, device=top.device), tokens
+
+    def _resolve_escapes(self, top: torch.Tensor, probs: torch.Tensor, tokens: list[int]) -> None:
+        """Fill the -1 entries of tokens: a byte token, or (rejected) a new draw."""
+        rows = [i for i, token in enumerate(tokens) if token == -1]
+        index = torch.tensor(rows, device=top.device)
+        scaled = F.log_softmax(self.model.byte_head(top[index]).float(), dim=-1) / self.temperature  # (n, 256)
+        z = scaled.exp().sum(dim=-1)  # sum of p_byte^(1/T), at most z_max
+        uniform = torch.rand(len(rows), generator=self.generator, dtype=z.dtype).to(z.device)
+        keep = (uniform * self.z_max < z).tolist()
+        byte = draw(torch.softmax(scaled, dim=-1), self.generator).tolist()
+        again = draw(probs[index], self.generator).tolist()
+        for n, row in enumerate(rows):
+            if keep[n]:
+                tokens[row] = self.bytes_from + byte[n]
+            elif again[n] != self.escape:
+                tokens[row] = self.token_of[again[n]]
+
+
+class PackedCells:
+    """The recurrence of `CharRNN.step` over weights packed once for a sampling run.
+
+    Layer 0's input part is a row of a table (each token's embedding already multiplied by
+    W_ih, biases added), and each layer's hidden part is one matrix product added onto its
+    input part (kept apart in a GRU). For a single stream every matrix is stored
+    transposed, so that the matrix-vector product reads rows as long as the gate vector,
+    which on a CPU streams the weights about twice as fast as PyTorch's layout (rows as
+    long as the input); a matrix product over many streams repacks the weights anyway, and
+    runs a little faster from PyTorch's layout. The packing copies weights, so it lasts
+    one sampling run. The state is a list per layer: (h, c) for an LSTM, h otherwise.
+    """
+
+    def __init__(self, model: CharRNN, streams: int):
+        def operand(weight: torch.Tensor) -> torch.Tensor:  # (G, K) -> (K, G), the right side of x @ W^T
+            return weight.t().contiguous() if streams == 1 else weight.t()
+
+        self.cell = model.config.cell
+        self.embedding = model.embed.weight.detach()
+        self.table: torch.Tensor | None = None
+        self.layers = []
+        for layer in range(model.config.layers):
+            w_ih, w_hh, b_ih, b_hh = (w.detach() for w in model.layer_weights(layer))
+            # A GRU keeps b_hh with the hidden part: its candidate gate scales that part by r.
+            input_bias, hidden_bias = (b_ih, b_hh) if self.cell == "gru" else (b_ih + b_hh, None)
+            if layer == 0 and self.embedding.shape[0] * w_ih.shape[0] <= TABLE_LIMIT:
+                self.table = torch.addmm(input_bias, self.embedding, w_ih.t())  # (V, G)
+                w_ih = None  # the table replaces it
+            self.layers.append((w_ih if w_ih is None else operand(w_ih), input_bias, operand(w_hh), hidden_bias))
+
+    def state(self, hidden: Hidden) -> list:
+        if self.cell == "lstm":
+            return list(zip(hidden[0], hidden[1]))
+        return list(hidden)
+
+    def top(self, state: list) -> torch.Tensor:
+        """The top layer's output (B, H): what the head reads."""
+        return state[-1][0] if self.cell == "lstm" else state[-1]
+
+    def __call__(self, idx: torch.Tensor, state: list) -> list:
+        """idx (B,) -> the state after it."""
+        new: list = []
+        below = None  # the output of the layer below
+        for w_ih, input_bias, w_hh, hidden_bias in self.layers:
+            h, c = state[len(new)] if self.cell == "lstm" else (state[len(new)], None)
+            if below is not None:
+                from_input = torch.addmm(input_bias, below, w_ih)  # (B, G)
+            elif self.table is not None:
+                from_input = self.table[idx]
+            else:
+                from_input = torch.addmm(input_bias, self.embedding[idx], w_ih)
+            if self.cell == "gru":
+                new.append(_gru(from_input, torch.addmm(hidden_bias, h, w_hh), h))
+            elif self.cell == "lstm":
+                new.append(_lstm(torch.addmm(from_input, h, w_hh), c))
+            else:
+                new.append(torch.tanh(torch.addmm(from_input, h, w_hh)))
+            below = new[-1][0] if self.cell == "lstm" else new[-1]
+        return new
+
+
+def _lstm(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's LSTM gate order: input, forget, cell candidate, output."""
+    size = c.shape[1]
+    squashed = torch.sigmoid(gates)
+    keep, forget, output = squashed[:, :size], squashed[:, size : 2 * size], squashed[:, 3 * size :]
+    # forget part of the old memory, write the new candidate through the input gate
+    c = torch.addcmul(forget * c, keep, torch.tanh(gates[:, 2 * size : 3 * size]))
+    return output * torch.tanh(c), c
+
+
+def _gru(from_input: torch.Tensor, from_hidden: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """PyTorch's GRU gate order: reset, update, candidate."""
+    size = h.shape[1]
+    reset_update = torch.sigmoid(from_input[:, : 2 * size] + from_hidden[:, : 2 * size])
+    reset, update = reset_update[:, :size], reset_update[:, size:]
+    candidate = torch.tanh(torch.addcmul(from_input[:, 2 * size :], reset, from_hidden[:, 2 * size :]))
+    # blend the new candidate and the previous hidden state
+    return torch.lerp(candidate, h, update)
+
+
+@torch.inference_mode()
 def generate_batch(
     model: CharRNN,
     tokenizer: Tokenizer,
@@ -75,39 +259,41 @@ def generate_batch(
         # With no prime, start as if at the beginning of a line.
         prime_ids = [tokenizer.newline_id]
     context = torch.as_tensor(prime_ids, dtype=torch.long, device=device).unsqueeze(0)
-    logits, _, hidden = model(context)
-    logits = logits[:, -1].expand(num_samples, -1)
+    _, _, hidden = model(context)
     hidden = tuple(h.expand(-1, num_samples, -1).contiguous() for h in hidden) if isinstance(hidden, tuple) \
         else hidden.expand(-1, num_samples, -1).contiguous()
-    banned = [i for i in range(tokenizer.vocab_size) if tokenizer.is_special(i)]
+    cells = PackedCells(model, num_samples)
+    state = cells.state(hidden)
+    choose = TokenChooser(model, tokenizer, temperature, top_k, top_p, generator, device)
     decoders = [tokenizer.stream_decoder() for _ in range(num_samples)]
     written = [0] * num_samples
     tails = [""] * num_samples  # the last len(stop) characters, to spot the stop string
-    done = [length <= 0] * num_samples
-    while not all(done):
-        if banned:
-            logits = logits.clone()
-            logits[:, banned] = float("-inf")
-        token = pick_next(logits, temperature, top_k, top_p, generator)
-        new = []
-        for i, tok in enumerate(token.tolist()):
-            if done[i]:
-                new.append("")
-                continue
-            text = decoders[i](tok)
-            text = text[: length - written[i]]
+    going = list(range(num_samples)) if length > 0 else []
+    while going:
+        token, drawn = choose(cells.top(state))
+        new = [""] * num_samples
+        still_going = []
+        for i in going:
+            text = decoders[i](drawn[i])
+            room = length - written[i]
+            if len(text) > room:
+                text = text[:room]
+            finished = len(text) == room
             if stop:
                 seen = tails[i] + text
                 at = seen.find(stop)
                 if at >= 0:
                     text = text[: at + len(stop) - len(tails[i])]
-                    done[i] = True
+                    finished = True
                 tails[i] = seen[-len(stop):]
             written[i] += len(text)
-            done[i] = done[i] or written[i] >= length
-            new.append(text)
+            new[i] = text
+            if not finished:
+                still_going.append(i)
         yield new
-        logits, hidden = model.step(token, hidden)
+        going = still_going
+        if going:  # no step after the last character
+            state = cells(token, state)
     # Bytes of a character left unfinished at the end come out as U+FFFD rather than vanish.
     leftovers = [d.flush() if written[i] < length else "" for i, d in enumerate(decoders)]
     if any(leftovers):
@@ -119,3 +305,28 @@ def generate(model: CharRNN, tokenizer: Tokenizer, prime: str = "", length: int 
     for pieces in generate_batch(model, tokenizer, prime, length, num_samples=1, **options):
         if pieces[0]:
             yield pieces[0]
+
+
+def write_samples(stream: Iterator[list[str]], out: TextIO, prime: str, num_samples: int) -> list[str]:
+    """What `charlm sample` prints: one sample streamed piece by piece, or several once done."""
+    if num_samples == 1:
+        out.write(prime)
+        out.flush()
+        written = []
+        for pieces in stream:
+            if pieces[0]:
+                out.write(pieces[0])
+                out.flush()
+                written.append(pieces[0])
+        out.write("\n")
+        out.flush()
+        return ["".join(written)]
+    parts: list[list[str]] = [[] for _ in range(num_samples)]
+    for pieces in stream:
+        for i, piece in enumerate(pieces):
+            parts[i].append(piece)
+    texts = ["".join(p) for p in parts]
+    for i, text in enumerate(texts):
+        out.write(f"=== sample {i + 1} ===\n{prime}{text}\n")
+    out.flush()
+    return texts
