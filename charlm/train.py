@@ -38,7 +38,7 @@ from .sample import generate
 from .tokenizer import Tokenizer, train_tokenizer
 
 _STOP, _INTERRUPT, _VALIDATE = 1, 2, 4  # what the ranks agree on before each step
-EVAL_SHARE = 0.04  # at most this share of training time goes to validation and samples
+EVAL_SHARE = 0.03  # at most this share of training time goes to periodic validation and samples
 MAX_BAD_STEPS = 8  # consecutive non-finite steps before training gives up
 VALIDATION_TOKENS = 500_000  # held-out tokens each validation reads, at most
 
@@ -252,7 +252,11 @@ class Trainer:
                     if self.dist.is_main:
                         self.reporter.sample(s.step, self.sample_text())
                     eval_cost = time.perf_counter() - t_eval
-                    next_eval = s.elapsed + eval_cost / EVAL_SHARE
+                    interval = eval_cost / EVAL_SHARE
+                    next_eval = s.elapsed + interval
+                    progress = self.progress()
+                    if progress > 0 and next_eval > s.elapsed / progress - interval / 2:
+                        next_eval = math.inf  # the final validation comes soon enough
                     window.restart_clock()
                 t0 = time.perf_counter()
                 out = self.train_step()
