@@ -49,6 +49,8 @@ GRIDS = {
                 {"hidden": 384, "batch_size": 16, "seq_len": 64, "lr": 5e-3}],
     "lr-high": [{"hidden": 256, "batch_size": 16, "seq_len": 64, "lr": 2e-2}],
     "wide": [{"hidden": 512, "batch_size": 32, "seq_len": 64, "lr": 1e-2}],
+    "shape-a": [{"batch_size": 32, "seq_len": 32, "lr": 1e-2}, {"cell": "gru", "lr": 1e-2}],
+    "shape-b": [{"batch_size": 32, "seq_len": 64, "lr": 2e-2}, {"hidden": 192, "lr": 1e-2}],
 }
 MODEL_KEYS = {"cell", "layers", "hidden", "embedding", "dropout"}
 
