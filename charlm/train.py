@@ -4,9 +4,10 @@ Each step feeds `seq_len` true characters of every stream (teacher forcing), bac
 through those steps only, and carries the detached hidden state into the next step, so the
 model sees unbroken text while gradients stay bounded in length. AdamW with gradient-norm
 clipping; the learning rate warms up, then decays over whichever stop was given (steps,
-epochs or a time budget). Validation runs over the whole held-out split, paced so that it
-and the progress samples take a few percent of the time. `best.pt` keeps the lowest
-validation loss, `last.pt` the latest state; both are enough to resume exactly.
+epochs or a time budget). Validation runs over the held-out split (its first 500,000
+tokens at most), paced so that it and the progress samples take a few percent of the
+time. `best.pt` keeps the lowest validation loss, `last.pt` the latest state; both are
+enough to resume exactly.
 """
 
 from __future__ import annotations
