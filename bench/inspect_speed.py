@@ -48,7 +48,8 @@ def main() -> None:
     text, source = bench_text(args.chars)
     torch.manual_seed(0)
     tokenizer = train_tokenizer([text], "char")
-    model = CharRNN(ModelConfig(tokenizer.vocab_size, "lstm", args.layers, args.hidden, bytes_from=tokenizer.bytes_from))
+    config = ModelConfig(tokenizer.vocab_size, "lstm", args.layers, args.hidden, bytes_from=tokenizer.bytes_from)
+    model = CharRNN(config)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, text_file = Path(tmp) / "random.pt", Path(tmp) / "text.txt"
         save_checkpoint(ckpt, {"model_config": asdict(model.config), "model": model.state_dict(),

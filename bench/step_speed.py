@@ -142,7 +142,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=100)
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
     parser.add_argument("--plain-head", action="store_true",
-                        help="charlm with one softmax over all tokens, as the baseline has, instead of its factored head")
+                        help="charlm with one softmax over all tokens, as the baseline has, "
+                             "instead of its factored head")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--eval-share", type=float, metavar="SECONDS",
                         help="instead: time a default run this long and report what validation costs")

@@ -94,12 +94,14 @@ def token_losses(
     return losses.flatten()[:n]
 
 
-def evaluate_tokens(model: CharRNN, tokens: np.ndarray, chars: int, device="cpu", streams=DEFAULT_STREAMS) -> EvalResult:
+def evaluate_tokens(model: CharRNN, tokens: np.ndarray, chars: int, device="cpu",
+                    streams: int = DEFAULT_STREAMS) -> EvalResult:
     """Total loss of a token sequence whose text is `chars` characters long (only sums are kept)."""
     n = len(tokens) - 1
     if n <= 0:
         return EvalResult(nats=0.0, chars=max(chars, 0), tokens=0)
-    nats = sum(float(part.double().sum()) for part in _chunk_losses(model, tokens, device, _streams_for(n, streams), CHUNK))
+    parts = _chunk_losses(model, tokens, device, _streams_for(n, streams), CHUNK)
+    nats = sum(float(part.double().sum()) for part in parts)
     return EvalResult(nats=nats, chars=max(chars, 0), tokens=n)
 
 

@@ -57,7 +57,10 @@ def test_top_k_one_equals_greedy(model_and_tokenizer):
 
 def test_filters_keep_the_right_tokens():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda out: torch.isfinite(out[0]).nonzero().flatten().tolist()
+
+    def kept(out):
+        return torch.isfinite(out[0]).nonzero().flatten().tolist()
+
     assert kept(filter_logits(logits, 1.0, top_k=2)) == [0, 1]
     assert kept(filter_logits(logits, 1.0, top_p=0.5)) == [0]
     assert kept(filter_logits(logits, 1.0, top_p=0.8)) == [0, 1]
