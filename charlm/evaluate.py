@@ -61,12 +61,13 @@ def _chunk_losses(model: CharRNN, tokens: np.ndarray, device, streams: int, chun
     model.eval()
     hidden = None
     rows = np.arange(streams)[:, None] * length
+    tokens = np.asarray(tokens)  # a view: a memory-mapped split stays on disk
     try:
         for start in range(0, length, chunk):
             at = rows + start + np.arange(min(chunk, length - start))[None, :]  # (streams, c) positions
             valid = at < n
-            x = np.asarray(tokens).take(np.minimum(at, n - 1)).astype(np.int64)
-            y = np.where(valid, np.asarray(tokens).take(np.minimum(at + 1, n)).astype(np.int64), IGNORE)
+            x = tokens.take(np.minimum(at, n - 1)).astype(np.int64)
+            y = np.where(valid, tokens.take(np.minimum(at + 1, n)).astype(np.int64), IGNORE)
             out, hidden = model.rnn(model.embed(torch.from_numpy(x).to(device)), hidden)
             hidden = detach_hidden(hidden)
             yield model.token_nll(out, torch.from_numpy(y).to(device)).cpu()
