@@ -108,6 +108,10 @@ class RichReporter(Reporter):
             TimeElapsedColumn(),
             TextColumn("left {task.fields[left]}"),
             console=self.console,
+            # Redrawn when the figures change (twice a second at most), not by a thread of its
+            # own: on a GPU the training loop is bound by how fast the host launches kernels,
+            # and a redraw thread takes the interpreter from it ten times a second.
+            auto_refresh=False,
         )
         self._progress.start()
         self._task = self._progress.add_task("train", total=1.0, completed=progress, step=0, loss="-",
@@ -120,11 +124,11 @@ class RichReporter(Reporter):
         left = elapsed * (1 - progress) / progress if progress > 0 else math.inf
         self._progress.update(self._task, completed=min(progress, 1.0), step=step, loss=f"{loss:.3f}",
                               val=_bpc(val), speed=f"{chars_per_sec:,.0f}", left=_clock(left),
-                              grad=_grad(grad_norm, clip_rate))
+                              grad=_grad(grad_norm, clip_rate), refresh=True)
 
     def validated(self, *, step, val) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, val=_bpc(val))
+            self._progress.update(self._task, val=_bpc(val), refresh=True)
 
     def sample(self, step: int, text: str) -> None:
         if text:

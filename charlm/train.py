@@ -139,8 +139,12 @@ class Trainer:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr,
             betas=(0.9, 0.99),
-            **({"fused": True} if device.type == "cuda" else {}),
+            # One kernel for all tensors: on a CPU the default loop costs about 5% of a default step.
+            fused=device.type in ("cpu", "cuda"),
         )
+        # On a GPU a step must not wait for the device: the optimizer skips a non-finite step
+        # itself, and the host learns of it at the next logging point (see train_step).
+        self.defer_checks = device.type == "cuda"
         self.state = TrainState()
         self.hidden = model.init_hidden(config.batch_size, device)
         self.autocast = (
@@ -162,14 +166,18 @@ class Trainer:
         return max(done) if done else 0.0
 
     # -- one step ---------------------------------------------------------------------------
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """One optimizer step; returns (loss, grad norm) tensors, or None if it was skipped."""
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """One optimizer step; returns (loss, grad norm, all finite) tensors, or None if it was
+        skipped. With deferred checks a non-finite step is not skipped here but left undone by
+        the optimizer, and returned with finite False."""
         c, s = self.config, self.state
         if s.batch_index >= self.batches.batches_per_epoch:
             s.epoch += 1
             s.batch_index = 0
             self.hidden = self.model.init_hidden(c.batch_size, self.device)
         x, y = self.batches.get(s.batch_index)
+        if self.device.type == "cuda":  # from page-locked memory the copy does not block the host
+            x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.lr = lr_at(c, s.step, self.progress()) * s.lr_scale
         for group in self.optimizer.param_groups:
@@ -181,26 +189,36 @@ class Trainer:
         loss.backward()
         clip = c.grad_clip if c.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
-            self._skip_bad_step()
-            return None
-        self.optimizer.step()
-        self.hidden = detach_hidden(hidden)
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        if self.defer_checks:
+            # No host sync: the fused optimizer leaves the weights and its state alone where
+            # found_inf is 1, and streams whose state went bad restart from zeros.
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+            self.hidden = _zero_unless(finite, detach_hidden(hidden))
+        else:
+            if not bool(finite):
+                self._skip_bad_step(s.step)
+                return None
+            self.optimizer.step()
+            self.hidden = detach_hidden(hidden)
         s.batch_index += 1
         s.step += 1
-        return loss.detach(), grad_norm.detach()
+        return loss.detach(), grad_norm.detach(), finite
 
-    def _skip_bad_step(self) -> None:
-        """A NaN/inf loss or gradient: drop the update, restart the streams' state, halve the rate."""
+    def _skip_bad_step(self, step: int, reset_state: bool = True) -> None:
+        """A NaN/inf loss or gradient at `step`: the update is dropped, the streams' state
+        restarts and the rate halves."""
         s = self.state
         s.lr_scale *= 0.5
-        self.log({"step": s.step, "event": "non-finite loss, step skipped", "lr_scale": s.lr_scale})
-        self.hidden = self.model.init_hidden(self.config.batch_size, self.device)
+        self.log({"step": step, "event": "non-finite loss, step skipped", "lr_scale": s.lr_scale})
+        if reset_state:
+            self.hidden = self.model.init_hidden(self.config.batch_size, self.device)
         self._bad_steps += 1
-        self.reporter.message(f"step {s.step}: non-finite loss, update skipped, learning rate x{s.lr_scale:g}")
+        self.reporter.message(f"step {step}: non-finite loss, update skipped, learning rate x{s.lr_scale:g}")
         if self._bad_steps >= MAX_BAD_STEPS:
             raise CharlmError(
-                f"training diverged: {MAX_BAD_STEPS} non-finite steps in a row at step {s.step}; "
+                f"training diverged: {MAX_BAD_STEPS} non-finite steps in a row at step {step}; "
                 f"try a lower --lr or a --grad-clip; {self.out_dir / 'best.pt'} holds the best model so far"
             )
 
@@ -264,7 +282,8 @@ class Trainer:
                 s.elapsed += time.perf_counter() - t0
                 if out is None:
                     continue
-                self._bad_steps = 0
+                if not self.defer_checks:
+                    self._bad_steps = 0
                 window.add(*out)
                 if c.checkpoint_every and s.step % c.checkpoint_every == 0:
                     self.save("last.pt", last_val)
@@ -299,7 +318,14 @@ class Trainer:
     def _report(self, window: _LogWindow, last_val: float | None) -> tuple[float, float]:
         """Log and show the window's mean loss, gradient norm and speed; returns (loss, chars/s)."""
         s = self.state
-        entry = window.close()
+        entry, finite = window.close()
+        if self.defer_checks:  # now the host learns which of the window's steps were skipped
+            first = s.step - len(finite)  # the step count when the window's first step began
+            for n, ok in enumerate(finite):
+                if ok:
+                    self._bad_steps = 0
+                else:
+                    self._skip_bad_step(first + n, reset_state=False)
         self.log({"step": s.step, **entry, "lr": self.lr, "elapsed": round(s.elapsed, 3)})
         self.reporter.update(step=s.step, loss=entry["loss"], val=last_val, chars_per_sec=entry["chars_per_sec"],
                              progress=self.progress(), elapsed=s.elapsed, grad_norm=entry["grad_norm"],
@@ -334,8 +360,10 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_payload(self, val: float | None) -> dict[str, Any]:
-        """Everything a checkpoint holds. Under torchrun every rank calls this together:
-        the carried state of all ranks' streams is gathered into one."""
+        """Everything a checkpoint holds, all on the CPU and the carried state in float32 (bf16
+        under CUDA autocast), so a run from a GPU loads, samples and resumes on a laptop.
+        Under torchrun every rank calls this together: the carried state of all ranks'
+        streams is gathered into one."""
         hidden = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
         hidden = tuple(self.dist.gather_streams(h) for h in hidden)
         return {
@@ -344,9 +372,9 @@ class Trainer:
             "train_config": asdict(self.config),
             "tokenizer": {"kind": self.tokenizer.kind, "model": self.tokenizer.model},
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _on_cpu(self.optimizer.state_dict()),
             "state": asdict(self.state),
-            "hidden": [h.detach().cpu() for h in hidden],
+            "hidden": [h.detach().float().cpu() for h in hidden],
             "rng": _rng_state(),
             "corpus": self.corpus_info,
             "val_nats_per_char": val,
@@ -388,6 +416,7 @@ class _LogWindow:
         self.grad_clip, self.chars_per_step = grad_clip, chars_per_step
         self.losses: list[torch.Tensor] = []
         self.norms: list[torch.Tensor] = []
+        self.finite: list[torch.Tensor] = []
         self.restart_clock()
 
     @property
@@ -399,26 +428,47 @@ class _LogWindow:
         self.start = time.perf_counter()
         self.timed_steps = self.steps
 
-    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, finite: torch.Tensor) -> None:
         self.losses.append(loss)
         self.norms.append(grad_norm)
+        self.finite.append(finite)
 
     def due(self) -> bool:
         return self.steps >= 50 or (self.steps > 0 and time.perf_counter() - self.start >= 0.5)
 
-    def close(self) -> dict[str, Any]:
-        seconds = max(time.perf_counter() - self.start, 1e-9)
-        norms = torch.stack(self.norms).float()  # before clipping
+    def close(self) -> tuple[dict[str, Any], list[bool]]:
+        """The window's figures over its finite steps, and which of its steps were finite."""
+        finite = torch.stack(self.finite).cpu()
+        seconds = max(time.perf_counter() - self.start, 1e-9)  # after the wait for the device
+        norms = torch.stack(self.norms).float().cpu()[finite]  # before clipping
         entry = {
-            "loss": float(torch.stack(self.losses).float().mean()),
+            "loss": float(torch.stack(self.losses).float().cpu()[finite].mean()),
             "grad_norm": float(norms.mean()),
             # Share of the steps whose gradient was clipped; None when clipping is off.
             "clip_rate": float((norms > self.grad_clip).float().mean()) if self.grad_clip > 0 else None,
             "chars_per_sec": round((self.steps - self.timed_steps) * self.chars_per_step / seconds),
         }
-        self.losses, self.norms = [], []
+        self.losses, self.norms, self.finite = [], [], []
         self.restart_clock()
-        return entry
+        return entry, finite.tolist()
+
+
+def _on_cpu(state: Any) -> Any:
+    """A copy of nested dicts and lists with every tensor moved to the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: _on_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_on_cpu(v) for v in state)
+    return state
+
+
+def _zero_unless(keep: torch.Tensor, hidden):
+    """`hidden` if the 0-d bool `keep` is true, else zeros of its shape and dtype, chosen on the device."""
+    if isinstance(hidden, tuple):
+        return tuple(torch.where(keep, h, 0.0) for h in hidden)
+    return torch.where(keep, hidden, 0.0)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import importlib
 import json
+import math
 import os
 import pickle
 import random
@@ -557,6 +558,28 @@ def test_an_interrupted_run_resumed_equals_the_straight_run(tmp_path, corpus, mo
             == eval_json(tmp_path / "split" / "last.pt", corpus, capsys))
 
 
+def test_a_half_precision_carried_state_is_saved_in_float32_and_resumes_on_a_cpu(tmp_path, corpus, monkeypatch):
+    """Under CUDA autocast the RNN hands back its state in bf16; a checkpoint keeps float32,
+    or a GPU run could not be resumed on a CPU (oneDNN has no bf16-state LSTM)."""
+    real_payload = Trainer.checkpoint_payload
+
+    def half_state_payload(self, val):
+        kept = self.hidden
+        self.hidden = tuple(h.bfloat16() for h in kept)  # what autocast leaves on a GPU
+        try:
+            return real_payload(self, val)
+        finally:
+            self.hidden = kept
+
+    monkeypatch.setattr(Trainer, "checkpoint_payload", half_state_payload)
+    out = tmp_path / "run"
+    assert cli("train", corpus, *SMALL_MODEL, *SMALL_RUN, "--max-steps", 4, "--out", out) == 0
+    assert all(h.dtype == torch.float32 for h in load_checkpoint(out / "last.pt")["hidden"])
+    monkeypatch.setattr(Trainer, "checkpoint_payload", real_payload)
+    assert cli("train", "--resume", out / "last.pt", "--max-steps", 8) == 0
+    assert load_checkpoint(out / "last.pt")["state"]["step"] == 8
+
+
 # -- 6. numerical faults ----------------------------------------------------------------------------
 class NanGradient(torch.autograd.Function):
     """Identity going forward (the loss stays finite); NaN gradients coming back."""
@@ -631,6 +654,51 @@ def test_a_non_finite_step_is_skipped_and_the_learning_rate_halved(tmp_path, cor
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["lr_scale"] for e in events if "non-finite" in e.get("event", "")] == [0.5, 0.25]
     assert load_checkpoint(out / "last.pt")["state"]["step"] == 10
+    assert all_finite(weights(out / "best.pt")) and all_finite(weights(out / "last.pt"))
+
+
+@pytest.mark.parametrize("poison", ["nan loss", "nan gradient"])
+def test_deferred_checks_leave_a_non_finite_step_undone_without_waiting_for_the_device(
+        tmp_path, corpus, monkeypatch, capsys, poison):
+    """The GPU path, run on a CPU: the step is not skipped at once (that would wait for the
+    device) but left undone by the fused optimizer, and counted at the next logging point."""
+    real_init, real_step = Trainer.__init__, Trainer.train_step
+    records: list[dict] = []
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.defer_checks = True
+
+    def train_step(self):
+        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        moments = [st["exp_avg"].clone() for st in self.optimizer.state.values()]
+        out = real_step(self)
+        hidden = torch.cat([h.flatten() for h in self.hidden])
+        records.append({
+            "finite": bool(out[2]), "scale": self.state.lr_scale, "zero_state": not hidden.any(),
+            "weights_kept": all(torch.equal(weights[k], v) for k, v in self.model.state_dict().items()),
+            "moments_kept": moments == [] or all(torch.equal(m, st["exp_avg"]) for m, st in
+                                                 zip(moments, self.optimizer.state.values())),
+        })
+        return out
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    poison_training(monkeypatch, {3, 4}, poison)
+    out = tmp_path / "run"
+    assert cli("train", corpus, *SMALL_MODEL, *SMALL_RUN, "--max-steps", 10, "--out", out) == 0
+    err = capsys.readouterr().err
+    assert len(records) == 10  # the batch of a bad step is dropped, not retried
+    assert [r["finite"] for r in records] == [n not in (3, 4) for n in range(10)]
+    assert all(r["weights_kept"] and r["moments_kept"] and r["zero_state"] for r in records[3:5])
+    assert not any(r["weights_kept"] or r["zero_state"] for r in records[:3] + records[5:])
+    assert err.count("non-finite loss, update skipped") == 2
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["lr_scale"]) for e in events if "non-finite" in e.get("event", "")] == [(3, 0.5), (4, 0.25)]
+    assert all(math.isfinite(e["loss"]) for e in events if "loss" in e)
+    checkpoint = load_checkpoint(out / "last.pt")
+    assert checkpoint["state"]["step"] == 10 and checkpoint["state"]["lr_scale"] == 0.25
+    assert all(float(st["step"]) == 8 for st in checkpoint["optimizer"]["state"].values())
     assert all_finite(weights(out / "best.pt")) and all_finite(weights(out / "last.pt"))
 
 
