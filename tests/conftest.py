@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 from pathlib import Path
@@ -15,6 +16,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def auto_means_cpu():
+    """`--device auto` means the CPU in the tests, also on a machine with a GPU: what they
+    hold to bit for bit (exact resume, the skip-and-retry of a bad step) is the CPU path.
+    The GPU path has its own tests (tests/test_cuda.py), which ask for it by name."""
+    if not torch.cuda.is_available():  # also fixes this process's view of the GPUs
+        yield
+        return
+    patch = pytest.MonkeyPatch()
+    pick_device = importlib.import_module("charlm.train").pick_device  # `charlm.train` is also the function
+    for module in ("charlm.train", "charlm.compare"):
+        patch.setattr(importlib.import_module(module), "pick_device",
+                      lambda name: pick_device("cpu" if name == "auto" else name))
+    patch.setenv("CUDA_VISIBLE_DEVICES", "")  # for python -m charlm and torchrun
+    yield
+    patch.undo()
 
 
 def make_text(chars: int = 20_000, seed: int = 0) -> str:
