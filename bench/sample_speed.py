@@ -18,6 +18,7 @@ process are shown too: on a shared machine they move less than the wall-clock fi
     python bench/sample_speed.py                                   # LSTM and GRU, 2 x 512
     python bench/sample_speed.py --cells lstm --chars 1000 --rounds 3   # a quicker look
     OMP_NUM_THREADS=1 python bench/sample_speed.py                 # one thread
+    python bench/sample_speed.py --device cuda --cells lstm --samples 256   # on a GPU (figures only)
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class BareSampler:
     """The least sampling can do: cell modules, embedding, head, softmax, multinomial, over
     the text's own symbols (model.head's outputs; a bare model has no byte fallback)."""
 
-    def __init__(self, model: CharRNN, start_id: int):
+    def __init__(self, model: CharRNN, start_id: int, device: torch.device):
         config = model.config
         cell_class = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}[config.cell]
         self.cells = []
@@ -83,12 +84,13 @@ class BareSampler:
                 for param, weight in zip((cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh),
                                          model.layer_weights(layer)):
                     param.copy_(weight)
-            self.cells.append(cell.eval())
+            self.cells.append(cell.eval().to(device))
         symbols = main_symbols(model)
         # Row j of this embedding is the vector of the token model.head's output j stands for.
         self.embed = nn.Embedding.from_pretrained(model.embed.weight.detach()[[max(t, 0) for t in symbols]].clone())
         self.head = nn.Linear(config.hidden, len(symbols))
         self.head.load_state_dict(model.head.state_dict())
+        self.embed, self.head, self.device = self.embed.to(device), self.head.to(device), device
         self.lstm = config.cell == "lstm"
         self.hidden = config.hidden
         self.start = symbols.index(start_id)
@@ -96,9 +98,9 @@ class BareSampler:
     def run(self, chars: int, generator: torch.Generator) -> int:
         """Draw `chars` characters; returns how many."""
         with torch.inference_mode():
-            idx = torch.tensor([self.start])
-            hs = [torch.zeros(1, self.hidden) for _ in self.cells]
-            cs = [torch.zeros(1, self.hidden) for _ in self.cells]
+            idx = torch.tensor([self.start], device=self.device)
+            hs = [torch.zeros(1, self.hidden, device=self.device) for _ in self.cells]
+            cs = [torch.zeros(1, self.hidden, device=self.device) for _ in self.cells]
             drawn = []
             for _ in range(chars):
                 x = self.embed(idx)
@@ -117,7 +119,9 @@ class BareSampler:
 def charlm_run(model: CharRNN, tokenizer: Tokenizer, length: int, samples: int, sink,
                generator: torch.Generator) -> int:
     """charlm's sampling path, `samples` side by side; returns the characters written."""
-    stream = generate_batch(model, tokenizer, "", length, samples, TEMPERATURE, stop=STOP, generator=generator)
+    device = model.embed.weight.device
+    stream = generate_batch(model, tokenizer, "", length, samples, TEMPERATURE, stop=STOP, generator=generator,
+                            device=device)
     return sum(len(t) for t in write_samples(stream, sink, "", samples))
 
 
@@ -129,16 +133,18 @@ def timed(run) -> tuple[float, float]:
 
 
 def compare(cell: str, tokenizer: Tokenizer, used: set[int], args, sink) -> None:
-    model = untrained_model(cell, tokenizer, used, args.layers, args.hidden)
-    bare = BareSampler(model, tokenizer.newline_id)
-    generator = torch.Generator().manual_seed(0)
+    device = torch.device(args.device)
+    model = untrained_model(cell, tokenizer, used, args.layers, args.hidden).to(device)
+    bare = BareSampler(model, tokenizer.newline_id, device)
+    generator = torch.Generator().manual_seed(0)  # charlm draws its uniform numbers on the CPU
+    bare_generator = torch.Generator(device).manual_seed(0)  # torch.multinomial draws on the device
     batch_length = max(1, args.chars // args.batch_share)
     runs = {
-        "bare": lambda: bare.run(args.chars, generator),
+        "bare": lambda: bare.run(args.chars, bare_generator),
         "one": lambda: charlm_run(model, tokenizer, args.chars, 1, sink, generator),
         "many": lambda: charlm_run(model, tokenizer, batch_length, args.samples, sink, generator),
     }
-    bare.run(20, generator)  # warm up all three
+    bare.run(20, bare_generator)  # warm up all three
     charlm_run(model, tokenizer, 20, 1, sink, generator)
     charlm_run(model, tokenizer, 2, args.samples, sink, generator)
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
@@ -172,12 +178,14 @@ def main() -> None:
     parser.add_argument("--batch-share", type=int, default=8,
                         help="each of the side-by-side samples is --chars / this long")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     text, source = corpus_text()
     tokenizer = train_tokenizer([text], "char")
     used = set(tokenizer.encode(text).tolist())
     print(f"{len(used)} characters of {source} (vocabulary {tokenizer.vocab_size} with byte fallback); "
-          f"{torch.get_num_threads()} threads", flush=True)
+          + (torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"),
+          flush=True)
     with open(os.devnull, "w", encoding="utf-8") as sink:
         for cell in args.cells:
             compare(cell, tokenizer, used, args, sink)

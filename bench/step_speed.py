@@ -2,17 +2,21 @@
 
 The baseline is the least a training step can do: embedding, nn.LSTM or nn.GRU, a linear
 head over the whole vocabulary (charlm's factored head skips the 256 byte-fallback rows
-unless --plain-head), cross-entropy, backward and a default torch.optim.Adam step, with the carried state
-detached. charlm's side is its real loop, `Trainer.run`: batching from the token array,
-the learning-rate schedule, forward, backward, gradient clipping, AdamW, the finiteness
-check, the log window, log.jsonl and the rich progress line (drawn into a buffer). Its
+unless --plain-head), cross-entropy, backward and a fused torch.optim.Adam step, with the
+carried state detached; on a GPU under bf16 autocast, as charlm trains there. charlm's
+side is its real loop, `Trainer.run`: batching from the token array, the learning-rate
+schedule, forward, backward, gradient clipping, AdamW, the finiteness check, the log
+window, log.jsonl and the rich progress line (drawn into a buffer). Its
 periodic validation is left out here and measured on its own by --eval-share. Rounds of
-the two alternate, so a busy machine slows both alike; the medians are compared.
+the two alternate, so a busy machine slows both alike; the medians are compared. On a GPU
+it also counts the host syncs of charlm's training steps (torch.cuda's sync debug mode):
+there should be none between logging points.
 
     python bench/step_speed.py                       # LSTM and GRU, 2 x 512, batch 64 x 100 (target >= 0.9)
     python bench/step_speed.py --cells lstm --steps 5 --rounds 3     # a quicker look
     python bench/step_speed.py --plain-head          # charlm without its factored output head
     python bench/step_speed.py --eval-share 60       # share of a 60 s default run spent validating (<= 5%)
+    python bench/step_speed.py --device cuda --cells lstm --hidden 1024 --batch 128 --seq 256   # the GPU bar
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import io
 import statistics
 import tempfile
 import time
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +64,16 @@ class Bare(nn.Module):
         return self.head(out), h
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def bare_steps(model: Bare, opt, tokens: torch.Tensor, batch: int, seq: int, steps: int, state: dict) -> float:
+    """`steps` training steps; the token array already lives on the model's device."""
+    device = tokens.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         i = state["pos"]
@@ -66,20 +81,40 @@ def bare_steps(model: Bare, opt, tokens: torch.Tensor, batch: int, seq: int, ste
             i = 0
         chunk = tokens[i : i + batch * (seq + 1)].view(batch, seq + 1)
         state["pos"] = i + batch * (seq + 1)
-        logits, h = model(chunk[:, :-1], state["h"])
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1))
+        with autocast:
+            logits, h = model(chunk[:, :-1], state["h"])
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), chunk[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         state["h"] = tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()
+    synchronize(device)
     return time.perf_counter() - start
 
 
 def charlm_steps(trainer: Trainer, steps: int) -> float:
     trainer.config.max_steps = trainer.state.step + steps
+    synchronize(trainer.device)
     start = time.perf_counter()
     trainer.run()
+    synchronize(trainer.device)
     return time.perf_counter() - start
+
+
+def count_syncs(trainer: Trainer, steps: int) -> int:
+    """Host syncs in `steps` of charlm's training steps (CUDA only)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                trainer.train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message) and "prototype" not in str(w.message)]
+    for w in syncs[:3]:
+        print(f"  sync: {w.message}", flush=True)
+    return len(syncs)
 
 
 def make_trainer(cell, tokenizer, tokens, args, folder: Path, val_tokens=None, **train) -> Trainer:
@@ -91,19 +126,24 @@ def make_trainer(cell, tokenizer, tokens, args, folder: Path, val_tokens=None, *
     reporter = RichReporter(Console(file=io.StringIO(), force_terminal=True, width=120))
     folder.mkdir(parents=True, exist_ok=True)
     val = val_tokens if val_tokens is not None else tokens[:0]
-    return Trainer(model, tokenizer, tokens, val, len(val), tc, folder, torch.device("cpu"), reporter)
+    device = torch.device(getattr(args, "device", "cpu"))
+    return Trainer(model, tokenizer, tokens, val, len(val), tc, folder, device, reporter)
 
 
 def compare_step(cell: str, tokenizer, tokens: np.ndarray, args, folder: Path) -> None:
     trainer = make_trainer(cell, tokenizer, tokens, args, folder / cell, schedule="linear")
     trainer._validate_and_save = lambda: None  # validation is measured by --eval-share
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    bare = Bare(cell, tokenizer.vocab_size, args.embedding, args.hidden, args.layers)
-    opt = torch.optim.Adam(bare.parameters(), lr=1e-3)
+    bare = Bare(cell, tokenizer.vocab_size, args.embedding, args.hidden, args.layers).to(device)
+    opt = torch.optim.Adam(bare.parameters(), lr=1e-3, fused=True)
     state = {"pos": 0, "h": None}
-    as_tensor = torch.from_numpy(tokens.astype(np.int64))
+    as_tensor = torch.from_numpy(tokens.astype(np.int64)).to(device)
     bare_steps(bare, opt, as_tensor, args.batch, args.seq, 2, state)  # warm up both
     charlm_steps(trainer, 2)
+    if device.type == "cuda":
+        print(f"{cell.upper()}: host syncs in 20 charlm training steps: {count_syncs(trainer, 20)} "
+              "(target 0)", flush=True)
     times = {"bare": [], "charlm": []}
     for _ in range(args.rounds):
         times["bare"].append(bare_steps(bare, opt, as_tensor, args.batch, args.seq, args.steps, state) / args.steps)
@@ -145,13 +185,16 @@ def main() -> None:
                         help="charlm with one softmax over all tokens, as the baseline has, "
                              "instead of its factored head")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--eval-share", type=float, metavar="SECONDS",
                         help="instead: time a default run this long and report what validation costs")
     args = parser.parse_args()
     text = corpus_text()
     tokenizer = train_tokenizer([text], "char")
     tokens = tokenizer.encode(text)
-    print(f"{torch.get_num_threads()} threads, {len(tokens):,} tokens", flush=True)
+    where = (torch.cuda.get_device_name() if args.device == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {where}, {len(tokens):,} tokens", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if args.eval_share:
             eval_share(tokenizer, tokens, args.eval_share, Path(tmp))
