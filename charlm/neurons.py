@@ -86,11 +86,11 @@ def run_layer(model: CharRNN, layer: int, x: torch.Tensor, carry: Carry, wanted:
         return out, new_carry, acts
     steps, batch, hidden = out.shape
     h0 = carry[0] if cell == "lstm" else carry
-    h_prev = torch.cat([h0, out[:-1]])  # the h each step started from
-    from_input = torch.addmm(b_ih, x.reshape(steps * batch, -1), w_ih.t())  # (T*B, gates*H)
-    from_hidden = torch.addmm(b_hh, h_prev.reshape(steps * batch, hidden), w_hh.t())
     if cell == "lstm":
-        gates = from_input.add_(from_hidden).view(steps, batch, 4, hidden)  # i, f, g, o, activated in place
+        # Both products go into one buffer: x_t W_ih^T + b, then += h_{t-1} W_hh^T.
+        gates = torch.addmm(b_ih + b_hh, x.reshape(steps * batch, -1), w_ih.t())  # (T*B, 4H)
+        _add_previous_h(gates, h0, out, w_hh)
+        gates = gates.view(steps, batch, 4, hidden)  # i, f, g, o, activated in place
         gates[:, :, :2].sigmoid_()
         gates[:, :, 2].tanh_()
         gates[:, :, 3].sigmoid_()
@@ -98,15 +98,25 @@ def run_layer(model: CharRNN, layer: int, x: torch.Tensor, carry: Carry, wanted:
         acts.update(input=input_gate, forget=forget, candidate=candidate, output=output)
         if "c" in wanted:
             acts["c"] = _cell_states(input_gate * candidate, forget, carry[1][0])
-    else:  # gru
-        gi = from_input.view(steps, batch, 3, hidden)
-        gh = from_hidden.view(steps, batch, 3, hidden)
+    else:  # gru: the two parts stay apart, since the reset gate scales the hidden one
+        gi = torch.addmm(b_ih, x.reshape(steps * batch, -1), w_ih.t()).view(steps, batch, 3, hidden)
+        gh = b_hh.expand(steps * batch, -1).clone()
+        _add_previous_h(gh, h0, out, w_hh)
+        gh = gh.view(steps, batch, 3, hidden)
         reset = torch.sigmoid(gi[:, :, 0] + gh[:, :, 0])
         update = torch.sigmoid(gi[:, :, 1] + gh[:, :, 1])
         # The reset gate scales the previous state's contribution to the candidate, bias included.
         candidate = torch.tanh(gi[:, :, 2] + reset * gh[:, :, 2])
         acts.update(reset=reset, update=update, candidate=candidate)
     return out, new_carry, {name: acts[name] for name in wanted}
+
+
+def _add_previous_h(into: torch.Tensor, h0: torch.Tensor, out: torch.Tensor, w_hh: torch.Tensor) -> None:
+    """into (T*B, G) += h_{t-1} W_hh^T, where h_{t-1} is h0 (1, B, H) at t = 0 and out[t - 1] after."""
+    steps, batch, hidden = out.shape
+    into[:batch].addmm_(h0[0], w_hh.t())
+    if steps > 1:
+        into[batch:].addmm_(out[:-1].reshape(-1, hidden), w_hh.t())
 
 
 def _cell_states(written: torch.Tensor, forget: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
@@ -223,6 +233,7 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
     shifts: dict[tuple[int, str], torch.Tensor] = {}
     saturated = {key: torch.zeros(2, hidden, dtype=torch.float64, device=stats_dev) for key in gates}
     carry = zero_carry(model, max(run_wanted) + 1, streams, device)
+    shifted = None  # one buffer for every state's shifted activations, reused chunk after chunk
     for start in range(0, length, chunk):
         step_ids = ids[:, start : start + chunk].t().to(device)  # (T, B)
         acts, carry, _ = run_stack(model, step_ids, carry, run_wanted)
@@ -237,7 +248,9 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
             if key in sums:
                 if key not in shifts:
                     shifts[key] = rows.mean(0)
-                shifted = rows - shifts[key]
+                if shifted is None or shifted.shape != rows.shape:
+                    shifted = torch.empty_like(rows)
+                torch.sub(rows, shifts[key], out=shifted)
                 sums[key] += (w.t() @ shifted).double()  # (1+K, H): the sum of w*d, then of F_k*d per feature
                 squares[key] += (w_chars @ shifted.square_()).double()
         if on_progress is not None:
