@@ -51,6 +51,12 @@ GRIDS = {
     "wide": [{"hidden": 512, "batch_size": 32, "seq_len": 64, "lr": 1e-2}],
     "shape-a": [{"batch_size": 32, "seq_len": 32, "lr": 1e-2}, {"cell": "gru", "lr": 1e-2}],
     "shape-b": [{"batch_size": 32, "seq_len": 64, "lr": 2e-2}, {"hidden": 192, "lr": 1e-2}],
+    "schedule-a": [{}, {"schedule": "cosine"}, {"lr": 1.5e-2}],
+    "schedule-b": [{"warmup_steps": 100}, {"min_lr_fraction": 0.1}, {"grad_clip": 5.0}],
+    "warmup-a": [{"warmup_steps": 200}, {"warmup_steps": 100, "lr": 1.5e-2}],
+    "warmup-b": [{"warmup_steps": 300}, {"warmup_steps": 100, "batch_size": 32, "seq_len": 32}],
+    "seed-a": [{"seed": 7, "warmup_steps": 30}, {"seed": 11, "warmup_steps": 30}],
+    "seed-b": [{"seed": 7, "warmup_steps": 200}, {"seed": 11, "warmup_steps": 200}],
 }
 MODEL_KEYS = {"cell", "layers", "hidden", "embedding", "dropout"}
 

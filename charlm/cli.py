@@ -100,7 +100,8 @@ def train(
     lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {TrainConfig.lr}]")] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(
         help="Learning-rate decay after warmup. \\[default: linear]", show_default=False)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(min=0, help=f"Warmup steps. \\[default: {TrainConfig.warmup_steps}]")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(min=0, help="Warmup steps; with a decaying schedule, at most "
+                            f"a tenth of the run. \\[default: {TrainConfig.warmup_steps}]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(min=0.0, help=f"AdamW weight decay. \\[default: {TrainConfig.weight_decay}]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(min=0.0,
                                                        help=f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]")] = None,

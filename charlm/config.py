@@ -26,7 +26,7 @@ class TrainConfig:
     lr: float = 1e-2
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 turns clipping off
-    warmup_steps: int = 30
+    warmup_steps: int = 200  # decaying schedules: or a tenth of the run, if shorter (bench/README.md)
     schedule: str = "linear"  # decay to min_lr_fraction * lr at the stop; "constant" never decays
     min_lr_fraction: float = 0.01
     max_steps: int | None = None

@@ -99,6 +99,13 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert lr_at(config, 9, 0.0) == pytest.approx(1.0)
     assert lr_at(config, 50, 0.5) == pytest.approx(0.505)
     assert lr_at(config, 99, 1.0) == pytest.approx(0.01)
+    # A run shorter than ten warmups warms up over its first tenth instead.
+    long_warmup = TrainConfig(lr=1.0, warmup_steps=200, min_lr_fraction=0.01)
+    assert lr_at(long_warmup, 4, 0.05) == pytest.approx(0.5 * (1 - 0.99 * 0.05))
+    assert lr_at(long_warmup, 9, 0.1) == pytest.approx(1 - 0.99 * 0.1)
+    assert lr_at(long_warmup, 9, 0.001) == pytest.approx(10 / 200 * (1 - 0.99 * 0.001))
+    constant = TrainConfig(lr=1.0, warmup_steps=200, schedule="constant")  # never shaped by the stop
+    assert lr_at(constant, 9, 0.1) == pytest.approx(10 / 200)
     cosine = TrainConfig(lr=1.0, warmup_steps=0, schedule="cosine", min_lr_fraction=0.0)
     assert lr_at(cosine, 10, 0.5) == pytest.approx(0.5)
     constant = TrainConfig(lr=1.0, warmup_steps=0, schedule="constant")
