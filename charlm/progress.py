@@ -9,6 +9,7 @@ every validation, so the user can watch the model learn.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -61,6 +62,7 @@ class RichReporter(Reporter):
         self.console = console
         self._progress: Progress | None = None
         self._task = None
+        self._drawn = -math.inf  # time.monotonic() of the last redraw of the progress line
 
     def message(self, text: str) -> None:
         self.console.print(Text(text, style="dim"))
@@ -108,9 +110,9 @@ class RichReporter(Reporter):
             TimeElapsedColumn(),
             TextColumn("left {task.fields[left]}"),
             console=self.console,
-            # Redrawn when the figures change (twice a second at most), not by a thread of its
-            # own: on a GPU the training loop is bound by how fast the host launches kernels,
-            # and a redraw thread takes the interpreter from it ten times a second.
+            # Redrawn when the figures change (at most ten times a second), not by a thread of
+            # its own: on a GPU the training loop is bound by how fast the host launches
+            # kernels, and a redraw thread would take the interpreter from it at any moment.
             auto_refresh=False,
         )
         self._progress.start()
@@ -122,9 +124,13 @@ class RichReporter(Reporter):
         if self._progress is None:
             return
         left = elapsed * (1 - progress) / progress if progress > 0 else math.inf
+        now = time.monotonic()
+        redraw = now - self._drawn >= 0.1
+        if redraw:
+            self._drawn = now
         self._progress.update(self._task, completed=min(progress, 1.0), step=step, loss=f"{loss:.3f}",
                               val=_bpc(val), speed=f"{chars_per_sec:,.0f}", left=_clock(left),
-                              grad=_grad(grad_norm, clip_rate), refresh=True)
+                              grad=_grad(grad_norm, clip_rate), refresh=redraw)
 
     def validated(self, *, step, val) -> None:
         if self._progress is not None:
