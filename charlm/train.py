@@ -149,7 +149,7 @@ class Trainer:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr,
             betas=(0.9, 0.99),
-            # One kernel for all tensors; for the default model on a CPU, 0.4 ms a step instead of 1.8.
+            # One kernel for all tensors instead of a loop of small ones per tensor, on a CPU too.
             fused=device.type in ("cpu", "cuda"),
         )
         # On a GPU a step must not wait for the device: the optimizer skips a non-finite step
