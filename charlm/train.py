@@ -38,11 +38,12 @@ from .progress import NullReporter, Reporter
 from .sample import generate
 from .tokenizer import Tokenizer, train_tokenizer
 
-_STOP, _INTERRUPT, _VALIDATE = 1, 2, 4  # what the ranks agree on before each step
+_STOP, _INTERRUPT, _VALIDATE = 1, 2, 4  # what the ranks agree on before a step
 EVAL_SHARE = 0.03  # at most this share of training time goes to periodic validation and samples
 MAX_BAD_STEPS = 8  # consecutive non-finite steps before training gives up
 VALIDATION_TOKENS = 500_000  # held-out tokens each validation reads, at most
 WARMUP_SHARE = 0.1  # the warmup never lasts longer than this share of the run
+AGREE_EVERY = 16  # steps between the agreements of torchrun's ranks on time, signals and validation
 
 
 @dataclass
@@ -262,12 +263,18 @@ class Trainer:
         self.reporter.start(self.progress())
         with _graceful_interrupts() as stop_flag:
             while True:
-                stop = self._stop_reason_now()
-                flags = (_STOP if stop else 0) | (_INTERRUPT if stop_flag.signal else 0)
-                if self.dist.is_main and next_eval is not None and s.elapsed >= next_eval and not stop:
+                # Under torchrun every rank acts on the same flags at the same step. Stops by
+                # steps or epochs come at the same step everywhere; the clock, signals and
+                # validation are agreed on every AGREE_EVERY steps, so that a GPU step does
+                # not wait for the ranks to talk.
+                agree = not self.dist.active or s.step % AGREE_EVERY == 0
+                stop = self._stop_reason_now(clock=agree)
+                flags = (_STOP if stop else 0) | (_INTERRUPT if stop_flag.signal and agree else 0)
+                if (agree and self.dist.is_main and next_eval is not None and s.elapsed >= next_eval
+                        and not stop):
                     flags |= _VALIDATE
-                # Under torchrun every rank acts on the same flags at the same step.
-                flags = self.dist.any_rank(flags, self.device)
+                if agree or stop:
+                    flags = self.dist.any_rank(flags, self.device)
                 if flags & _INTERRUPT:
                     interrupted = stop_flag.signal or "another rank's signal"
                     stop = f"interrupted by {interrupted}"
@@ -342,13 +349,14 @@ class Trainer:
                              clip_rate=entry["clip_rate"])
         return entry["loss"], entry["chars_per_sec"]
 
-    def _stop_reason_now(self) -> str | None:
+    def _stop_reason_now(self, clock: bool = True) -> str | None:
+        """Why the run stops now, if it does; with clock False, the time budget is not looked at."""
         c, s = self.config, self.state
         if c.max_steps is not None and s.step >= c.max_steps:
             return f"{c.max_steps} steps"
         if c.epochs is not None and s.epoch + s.batch_index / max(self.batches.batches_per_epoch, 1) >= c.epochs:
             return f"{c.epochs:g} epochs"
-        if c.time_budget is not None and s.elapsed >= c.time_budget:
+        if clock and c.time_budget is not None and s.elapsed >= c.time_budget:
             return f"time budget of {c.time_budget:g}s"
         return None
 

@@ -56,3 +56,15 @@ def test_resume_with_a_different_number_of_processes(tmp_path, corpus_file):
     payload = load_checkpoint(tmp_path / "run" / "last.pt")
     assert payload["state"]["step"] == 10
     assert payload["hidden"][0].shape[1] == 4  # still 4 streams, now all in one process
+
+
+def test_ranks_agree_on_a_time_budget_at_their_agreement_points(tmp_path, corpus_file):
+    """The clock is agreed on every AGREE_EVERY steps, not at every step: the run stops at
+    such a step, the same on both ranks (a rank that left alone would hang the other)."""
+    from charlm.train import AGREE_EVERY
+
+    run = _torchrun(2, str(corpus_file), *COMMON, "--batch-size", "4", "--time-budget", "3",
+                    "--out", str(tmp_path / "run"))
+    assert run.returncode == 0, run.stderr[-8000:]
+    step = load_checkpoint(tmp_path / "run" / "last.pt")["state"]["step"]
+    assert step > AGREE_EVERY and step % AGREE_EVERY == 0
