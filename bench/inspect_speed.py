@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
+from charlm import evaluate, neurons
 from charlm.checkpoint import save_checkpoint
 from charlm.corpus import open_corpus
-from charlm.evaluate import DEFAULT_STREAMS, MIN_STREAM_TOKENS, evaluate_text
+from charlm.evaluate import DEFAULT_STREAMS, evaluate_text, stream_count
 from charlm.features import BUILTIN_TEXT
 from charlm.model import CharRNN, ModelConfig
-from charlm.neurons import SEARCH_STREAMS, InspectOptions, inspect, stream_count
+from charlm.neurons import SEARCH_STREAMS, InspectOptions, inspect
 from charlm.tokenizer import train_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -61,7 +62,7 @@ def main() -> None:
         start = time.perf_counter()
         report = evaluate_text(ckpt, open_corpus([text_file]), "cpu")
         eval_time = time.perf_counter() - start
-        eval_streams = stream_count(report.result.tokens + 1, DEFAULT_STREAMS, MIN_STREAM_TOKENS)
+        eval_streams = stream_count(report.result.tokens, DEFAULT_STREAMS, evaluate.MIN_STREAM_TOKENS)
         print(f"eval:   {eval_time:8.2f} s  ({eval_streams} streams; {report.result.bits_per_char:.3f} bits/char)")
 
         # line-position varies over any text; the cost is the same for every feature.
@@ -69,7 +70,7 @@ def main() -> None:
         start = time.perf_counter()
         found = inspect(ckpt, text, options, "cpu")
         search_time = time.perf_counter() - start
-        streams = stream_count(len(tokenizer.encode(text)), args.streams)
+        streams = stream_count(len(tokenizer.encode(text)), args.streams, neurons.MIN_STREAM_TOKENS)
         print(f"search: {search_time:8.2f} s  ({len(found.ranking):,} unit-states, {streams} streams; "
               f"best |score| {abs(found.ranking[0].score):.3f})")
         print(f"ratio:  {search_time / eval_time:8.2f}  (target: at most 2.5)")

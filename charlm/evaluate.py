@@ -68,15 +68,16 @@ def _chunk_losses(model: CharRNN, tokens: np.ndarray, device, streams: int, chun
             valid = at < n
             x = tokens.take(np.minimum(at, n - 1)).astype(np.int64)
             y = np.where(valid, tokens.take(np.minimum(at + 1, n)).astype(np.int64), IGNORE)
-            out, hidden = model.rnn(model.embed(torch.from_numpy(x).to(device)), hidden)
+            out, hidden = model.top_outputs(torch.from_numpy(x).to(device), hidden)
             hidden = detach_hidden(hidden)
             yield model.token_nll(out, torch.from_numpy(y).to(device)).cpu()
     finally:
         model.train(was_training)
 
 
-def _streams_for(n: int, streams: int) -> int:
-    return max(1, min(streams, n // MIN_STREAM_TOKENS))
+def stream_count(n_tokens: int, streams: int, min_stream_tokens: int) -> int:
+    """How many parallel streams `n_tokens` are cut into: at most `streams`, none too short."""
+    return max(1, min(streams, n_tokens // max(min_stream_tokens, 1)))
 
 
 def token_losses(
@@ -90,7 +91,7 @@ def token_losses(
     n = len(tokens) - 1
     if n <= 0:
         return torch.zeros(0)
-    streams = _streams_for(n, streams)
+    streams = stream_count(n, streams, MIN_STREAM_TOKENS)
     losses = torch.cat(list(_chunk_losses(model, tokens, device, streams, chunk)), dim=1)
     return losses.flatten()[:n]
 
@@ -101,7 +102,7 @@ def evaluate_tokens(model: CharRNN, tokens: np.ndarray, chars: int, device="cpu"
     n = len(tokens) - 1
     if n <= 0:
         return EvalResult(nats=0.0, chars=max(chars, 0), tokens=0)
-    parts = _chunk_losses(model, tokens, device, _streams_for(n, streams), CHUNK)
+    parts = _chunk_losses(model, tokens, device, stream_count(n, streams, MIN_STREAM_TOKENS), CHUNK)
     nats = sum(float(part.double().sum()) for part in parts)
     return EvalResult(nats=nats, chars=max(chars, 0), tokens=n)
 

@@ -69,14 +69,18 @@ class CharRNN(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, Hidden]:
         """idx (B, T) token ids -> (logits (B, T, V), None, new hidden); with targets given,
         (None, mean cross-entropy, new hidden): training never builds the full scores."""
-        x = self.drop(self.embed(idx))  # (B, T, E)
-        out, hidden = self.rnn(x, hidden)  # (B, T, H)
-        out = self.drop(out)
+        out, hidden = self.top_outputs(idx, hidden)
         if targets is None:
             return self.logits(out), None, hidden
         # Training needs the loss only: the full (B, T, V) scores are never built.
         nll = self.token_nll(out, targets)
         return None, nll.sum() / (targets != IGNORE).sum().clamp_min(1), hidden
+
+    def top_outputs(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        """idx (B, T) token ids -> the top layer's outputs (B, T, H), which the head reads, and the new hidden."""
+        x = self.drop(self.embed(idx))  # (B, T, E)
+        out, hidden = self.rnn(x, hidden)  # (B, T, H)
+        return self.drop(out), hidden
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
         """Top-layer outputs (..., H) -> scores over the whole vocabulary (..., V).

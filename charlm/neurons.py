@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .evaluate import stream_count
 from .features import FEATURES, compute_feature, regex_feature
 from .model import CharRNN, ModelConfig
 from .tokenizer import Tokenizer
@@ -182,11 +183,6 @@ class ScanResult:
     rankings: dict[str, list[UnitScore]]  # per feature, every unit-state, best |score| first
     saturation: list[GateSaturation] = field(default_factory=list)
     chars: int = 0
-
-
-def stream_count(n_tokens: int, streams: int = SEARCH_STREAMS, min_stream_tokens: int = MIN_STREAM_TOKENS) -> int:
-    """How many parallel streams a text of `n_tokens` is cut into: at most `streams`, none too short."""
-    return max(1, min(streams, n_tokens // max(min_stream_tokens, 1)))
 
 
 def _stats_device(device: torch.device) -> torch.device:
