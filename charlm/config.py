@@ -70,6 +70,8 @@ class ModelConfig:
     vocab_size: int
     cell: str = "lstm"
     layers: int = 1
+    # The defaults suit runs that read their text a few times; charlm gives a run that reads
+    # it many times a wider model with dropout instead, unless the user sized it (sizing.py).
     hidden: int = 256  # a 512-wide LSTM costs 3x more per character and learns no faster per character
     embedding: int = 64  # characters need few dimensions; the recurrent matrix dominates the cost
     dropout: float = 0.0  # short CPU runs see each character a few times at most: no overfitting to fight
@@ -77,5 +79,11 @@ class ModelConfig:
     # real symbols plus one "some byte" escape, and a second small head picks the byte only
     # where one is needed: the 256 byte rows, rare in any text, cost nothing per character.
     bytes_from: int = -1
+
+
+# A new run that will read its text more than LONG_RUN_PASSES times gets LONG_RUN in place of
+# the defaults above, unless the user gave --hidden, --layers or --dropout (sizing.py).
+LONG_RUN_PASSES = 8.0  # on tinyshakespeare the two models tie near 7.5 (bench/README.md)
+LONG_RUN = {"hidden": 512, "dropout": 0.2}
 
 

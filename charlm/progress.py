@@ -86,7 +86,7 @@ class RichReporter(Reporter):
         rows = [
             ("run", str(info["out_dir"])),
             ("model", f"{model.cell.upper()} {model.layers}x{model.hidden}, embedding {model.embedding}, "
-                      f"{info['params']:,} parameters"),
+                      + (f"dropout {model.dropout:g}, " if model.dropout else "") + f"{info['params']:,} parameters"),
             ("data", f"{info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation, "
                      f"vocabulary {info['vocab']:,} ({config.tokenizer})"),
             ("steps", f"batch {config.batch_size} x seq {config.seq_len}, lr {config.lr:g} ({config.schedule}), "

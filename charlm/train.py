@@ -36,6 +36,7 @@ from .config import ModelConfig, TrainConfig
 from .model import CharRNN, detach_hidden
 from .progress import NullReporter, Reporter
 from .sample import generate
+from .sizing import choose_model
 from .tokenizer import Tokenizer, train_tokenizer
 
 _STOP, _INTERRUPT, _VALIDATE = 1, 2, 4  # what the ranks agree on before a step
@@ -647,6 +648,13 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
     # seconds, not minutes; `charlm eval` scores any held-out file whole.
     val_tokens = val_tokens[:VALIDATION_TOKENS]
     val_chars = tokenizer.count_chars(val_tokens[1:])
+    if payload is None:  # a long run gets a wider model with dropout unless the user sized it
+        if dist.is_main:
+            model_config, reason = choose_model(model_config, config, train_tokens, model_options, device, out,
+                                                 dist.world)
+            if reason:
+                reporter.message(reason)
+        model_config = dist.broadcast(model_config)
 
     model = CharRNN(model_config)
     corpus_info = {"files": [str(f) for f in corpus.files[:1000]], "encoding": corpus.encoding,
