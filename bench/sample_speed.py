@@ -10,10 +10,12 @@ weights plus the embedding, linear head, softmax and torch.multinomial, one char
 a time under torch.inference_mode; charlm's real path, `sample.write_samples` over
 `sample.generate_batch` (what `charlm sample` runs: decoding, the stop-string check,
 writing and flushing each piece) into os.devnull instead of a terminal; and the same with
-64 samples side by side. Rounds of the three alternate, so a busy machine slows all alike;
-the medians are compared. Targets: charlm at batch 1 at least 0.9x the bare loop; 64
-samples at least 20x the characters per second of one. Characters per CPU-second of the
-process are shown too: on a shared machine they move less than the wall-clock figures.
+64 samples side by side; and, as the ceiling for those, the recurrent matrix products
+of the same 64-stream steps alone, with charlm's packed weights. Rounds of the four
+alternate, so a busy machine slows all alike; the medians are compared. Targets: charlm
+at batch 1 at least 0.9x the bare loop; 64 samples at least 20x the characters per
+second of one. Characters per CPU-second of the process are shown too: on a shared
+machine they move less than the wall-clock figures.
 
     python bench/sample_speed.py                                   # LSTM and GRU, 2 x 512
     python bench/sample_speed.py --cells lstm --chars 1000 --rounds 3   # a quicker look
@@ -35,7 +37,7 @@ from torch import nn
 from charlm.config import ModelConfig
 from charlm.features import BUILTIN_TEXT
 from charlm.model import NUM_BYTES, CharRNN
-from charlm.sample import generate_batch, write_samples
+from charlm.sample import PackedCells, generate_batch, write_samples
 from charlm.tokenizer import Tokenizer, train_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -125,6 +127,23 @@ def charlm_run(model: CharRNN, tokenizer: Tokenizer, length: int, samples: int, 
     return sum(len(t) for t in write_samples(stream, sink, "", samples))
 
 
+def products_only(model: CharRNN, streams: int, steps: int) -> int:
+    """Only the recurrent matrix products of `steps` sampling steps over `streams` streams,
+    with charlm's packed operands: what batched sampling cannot beat on this machine.
+    Returns the characters the steps stand for."""
+    cells = PackedCells(model, streams)
+    device = model.embed.weight.device
+    with torch.inference_mode():
+        operands = [(torch.randn(streams, w.shape[0], device=device), w)
+                    for w_ih, _, w_hh, _, joint in cells.layers for w in (w_ih, w_hh, joint) if w is not None]
+        for _ in range(steps):
+            for x, w in operands:
+                torch.mm(x, w)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return streams * steps
+
+
 def timed(run) -> tuple[float, float]:
     """(characters per second, characters per CPU-second of this process) of one run."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -143,20 +162,23 @@ def compare(cell: str, tokenizer: Tokenizer, used: set[int], args, sink) -> None
         "bare": lambda: bare.run(args.chars, bare_generator),
         "one": lambda: charlm_run(model, tokenizer, args.chars, 1, sink, generator),
         "many": lambda: charlm_run(model, tokenizer, batch_length, args.samples, sink, generator),
+        "products": lambda: products_only(model, args.samples, batch_length),
     }
     bare.run(20, bare_generator)  # warm up all three
     charlm_run(model, tokenizer, 20, 1, sink, generator)
     charlm_run(model, tokenizer, 2, args.samples, sink, generator)
+    products_only(model, args.samples, 2)
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for round_ in range(args.rounds):
-        # Rotate the order, so none of the three always runs right after another.
-        for name in (list(runs) * 2)[round_ % 3 : round_ % 3 + 3]:
+        # Rotate the order, so none of them always runs right after another.
+        for name in (list(runs) * 2)[round_ % len(runs) : round_ % len(runs) + len(runs)]:
             rates[name].append(timed(runs[name]))
     wall = {name: statistics.median(r[0] for r in rates[name]) for name in runs}
     cpu = {name: statistics.median(r[1] for r in rates[name]) for name in runs}
     spread = {name: f"{min(r[0] for r in rates[name]):,.0f}-{max(r[0] for r in rates[name]):,.0f}" for name in runs}
     labels = {"bare": f"bare {bare.cells[0].__class__.__name__} loop, batch 1",
-              "one": "charlm sample, batch 1", "many": f"charlm sample, {args.samples} x {batch_length}"}
+              "one": "charlm sample, batch 1", "many": f"charlm sample, {args.samples} x {batch_length}",
+              "products": f"matrix products alone, {args.samples} x {batch_length}"}
     print(f"{cell.upper()} {args.layers}x{args.hidden}, medians of {args.rounds} rounds "
           f"(chars/s; range; chars per CPU-second):")
     for name in runs:
@@ -164,7 +186,7 @@ def compare(cell: str, tokenizer: Tokenizer, used: set[int], args, sink) -> None
     print(f"  charlm / bare:          {wall['one'] / wall['bare']:6.2f}  (target >= 0.9; "
           f"by CPU time {cpu['one'] / cpu['bare']:.2f})\n"
           f"  {args.samples} samples / one:    {wall['many'] / wall['one']:6.1f}x (target >= 20; "
-          f"by CPU time {cpu['many'] / cpu['one']:.1f}x)\n"
+          f"by CPU time {cpu['many'] / cpu['one']:.1f}x; the products alone {wall['products'] / wall['one']:.1f}x)\n"
           f"  {args.samples} samples / bare:   {wall['many'] / wall['bare']:6.1f}x", flush=True)
 
 
