@@ -549,6 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (charlm ... | head): not an error worth a message.
         _drop_stdout()
         return 0
+    except SystemExit as e:
+        if isinstance(e.__context__, BrokenPipeError):  # click met it first and exits 1
+            _drop_stdout()
+            return 0
+        raise
     except KeyboardInterrupt:
         _fail("charlm: interrupted")
         return 130

@@ -229,3 +229,19 @@ def test_charlm_debug_prints_the_full_traceback(inputs):
     assert debug.returncode != 0
     assert "Traceback (most recent call last)" in debug.stderr
     assert "UsageError" in debug.stderr and str(inputs["missing"]) in debug.stderr
+
+
+@pytest.mark.parametrize("command", [["eval", "{model}", "{corpus}", "--json"], ["sample", "{model}", "--length", "50"]])
+def test_a_reader_gone_before_any_output_is_not_an_error(inputs, command):
+    # charlm eval --json | head -0: the first write meets a closed pipe. Like `yes | head`,
+    # that ends the command quietly with exit 0, also where click sees the broken pipe first.
+    argv = [sys.executable, "-m", "charlm", *(a.format(model=inputs["model"], corpus=inputs["corpus"])
+                                                for a in command)]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+                              env={k: v for k, v in os.environ.items() if k != "CHARLM_DEBUG"})
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")
