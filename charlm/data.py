@@ -2,8 +2,8 @@
 
 The corpus is encoded chunk by chunk into a flat file of the smallest integer type that
 holds the vocabulary (uint8/uint16/int32) and memory-mapped, so a corpus of any size costs
-little memory, and the file is kept in a cache folder so the next run on the same corpus
-and tokenizer starts at once. Training follows the reference truncated-BPTT layout
+little memory, and the file is kept in a cache folder, with the vocabulary learned from the
+corpus, so the next run on the same corpus and tokenizer starts at once. Training follows the reference truncated-BPTT layout
 (pytorch/examples' word_language_model): the training tokens are cut into `batch_size`
 contiguous streams, and batch i is the next `seq_len` tokens of every stream, with targets
 the same tokens shifted by one. The hidden state is carried from one batch to the next.
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import __version__
 from .corpus import Corpus
 from .errors import CharlmError
-from .tokenizer import Tokenizer, tokens_dtype
+from .tokenizer import Tokenizer, tokens_dtype, train_tokenizer
 
 
 def corpus_fingerprint(corpus: Corpus) -> str:
@@ -32,6 +33,36 @@ def corpus_fingerprint(corpus: Corpus) -> str:
         st = f.stat()
         h.update(f"|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
+
+
+def learn_vocabulary(corpus: Corpus, kind: str, vocab_size: int | None, cache_dir: Path,
+                     on_learning: Callable[[], None] | None = None) -> Tokenizer:
+    """The vocabulary of `corpus`, learned once and kept in `cache_dir` beside its token ids,
+    since learning reads the whole corpus (seconds per gigabyte). `on_learning` is called
+    before it is learned, not when it comes from the cache."""
+    # charlm's version is in the key: a later charlm may learn vocabularies differently.
+    key = hashlib.sha256(f"{corpus_fingerprint(corpus)}|{kind}|{vocab_size}|{__version__}".encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"vocab-{key}.model"
+    try:
+        return Tokenizer(path.read_bytes(), kind)
+    except (OSError, RuntimeError, CharlmError):  # none yet, or unreadable: learn it again
+        pass
+    if on_learning:
+        on_learning()
+    tokenizer = train_tokenizer(corpus.chunks(), kind, vocab_size)
+    # A cache that cannot be written costs the next run those seconds again, nothing more.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".vocab.", dir=path.parent)
+    except OSError:
+        return tokenizer
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(tokenizer.model)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+    return tokenizer
 
 
 def encode_corpus(

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .corpus import Corpus
-from .data import StreamBatches, encode_corpus, split_tokens
+from .data import StreamBatches, encode_corpus, learn_vocabulary, split_tokens
 from .distributed import Dist, from_environment, shutdown
 from .errors import CharlmError, UsageError
 from .evaluate import evaluate_tokens
@@ -37,7 +37,7 @@ from .model import CharRNN, detach_hidden
 from .progress import NullReporter, Reporter
 from .sample import generate
 from .sizing import choose_model
-from .tokenizer import Tokenizer, train_tokenizer
+from .tokenizer import Tokenizer
 
 _STOP, _INTERRUPT, _VALIDATE = 1, 2, 4  # what the ranks agree on before a step
 EVAL_SHARE = 0.03  # at most this share of training time goes to periodic validation and samples
@@ -628,8 +628,9 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
         # Rank 0 makes the folder and the vocabulary; the other ranks take them from it.
         if dist.is_main:
             out = prepare_out_dir(out, corpus, model_options.get("cell", "lstm"), runs_dir)
-            reporter.message(f"learning a {config.tokenizer} vocabulary from {len(corpus.files)} file(s)")
-            tokenizer = train_tokenizer(corpus.chunks(), config.tokenizer, config.vocab_size)
+            tokenizer = learn_vocabulary(corpus, config.tokenizer, config.vocab_size, out.parent / ".cache",
+                                         lambda: reporter.message(f"learning a {config.tokenizer} vocabulary "
+                                                                  f"from {len(corpus.files)} file(s)"))
         out, model, kind = dist.broadcast((out, tokenizer.model, tokenizer.kind) if dist.is_main else None)
         tokenizer = tokenizer if dist.is_main else Tokenizer(model, kind)
         model_config = ModelConfig(tokenizer.vocab_size, bytes_from=tokenizer.bytes_from, **model_options)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from charlm.corpus import open_corpus
-from charlm.data import StreamBatches, encode_corpus, split_tokens
+from charlm.checkpoint import load_checkpoint
+from charlm.data import StreamBatches, encode_corpus, learn_vocabulary, split_tokens
 from charlm.tokenizer import train_tokenizer
 
 from .conftest import TINY_MODEL, TINY_TRAIN
@@ -96,10 +97,32 @@ def test_a_second_run_beside_the_first_reuses_its_token_cache(tmp_path, corpus_f
     def no_encoding(*args):
         raise AssertionError("the second run encoded the corpus again")
 
-    # The cache is keyed by the vocabulary too, so this also holds tokenizer training deterministic.
+    def no_learning(*args):
+        raise AssertionError("the second run learned the vocabulary again")
+
     monkeypatch.setattr("charlm.data._encode_to_file", no_encoding)
+    monkeypatch.setattr("charlm.data.train_tokenizer", no_learning)
     train(open_corpus([corpus_file]), TINY_MODEL, options, out=tmp_path / "runs" / "second")
     assert len(list((tmp_path / "runs" / ".cache").glob("tokens-*"))) == 1
+    first, second = (load_checkpoint(tmp_path / "runs" / run / "last.pt")["tokenizer"] for run in ("first", "second"))
+    assert first == second
+
+
+def test_a_changed_corpus_or_tokenizer_learns_its_own_vocabulary(tmp_path, corpus_file):
+    learned = []
+    report = lambda: learned.append(1)  # noqa: E731
+    chars = learn_vocabulary(open_corpus([corpus_file]), "char", None, tmp_path, report)
+    assert learn_vocabulary(open_corpus([corpus_file]), "char", None, tmp_path, report).model == chars.model
+    assert len(learned) == 1
+    learn_vocabulary(open_corpus([corpus_file]), "char", 300, tmp_path, report)
+    assert len(learned) == 2
+    corpus_file.write_text("something else entirely\n", encoding="utf-8")
+    other = learn_vocabulary(open_corpus([corpus_file]), "char", None, tmp_path, report)
+    assert len(learned) == 3 and other.vocab_size < chars.vocab_size
+    for cached in tmp_path.glob("vocab-*"):
+        cached.write_bytes(b"damaged")  # an unreadable cache is learned again, not an error
+    assert learn_vocabulary(open_corpus([corpus_file]), "char", None, tmp_path, report).model == other.model
+    assert len(learned) == 4
 
 
 def test_changed_corpus_is_encoded_again(tmp_path, corpus_file):
