@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from charlm.config import ModelConfig
+from charlm.config import NUM_BYTES, ModelConfig
 from charlm.features import BUILTIN_TEXT
-from charlm.model import NUM_BYTES, CharRNN
+from charlm.model import CharRNN
 from charlm.sample import PackedCells, generate_batch, write_samples
 from charlm.tokenizer import Tokenizer, train_tokenizer
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 CELLS = ("rnn", "gru", "lstm")
+NUM_BYTES = 256  # a vocabulary's byte-fallback tokens, one per byte value
 SCHEDULES = ("linear", "cosine", "constant")
 
 

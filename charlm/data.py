@@ -3,10 +3,11 @@
 The corpus is encoded chunk by chunk into a flat file of the smallest integer type that
 holds the vocabulary (uint8/uint16/int32) and memory-mapped, so a corpus of any size costs
 little memory, and the file is kept in a cache folder, with the vocabulary learned from the
-corpus, so the next run on the same corpus and tokenizer starts at once. Training follows the reference truncated-BPTT layout
-(pytorch/examples' word_language_model): the training tokens are cut into `batch_size`
-contiguous streams, and batch i is the next `seq_len` tokens of every stream, with targets
-the same tokens shifted by one. The hidden state is carried from one batch to the next.
+corpus, so the next run on the same corpus and tokenizer starts at once. Training follows
+the reference truncated-BPTT layout (pytorch/examples' word_language_model): the training
+tokens are cut into `batch_size` contiguous streams, and batch i is the next `seq_len`
+tokens of every stream, with targets the same tokens shifted by one. The hidden state is
+carried from one batch to the next.
 """
 
 from __future__ import annotations

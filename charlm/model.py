@@ -19,9 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import CELLS, ModelConfig
+from .config import CELLS, NUM_BYTES, ModelConfig
 
-NUM_BYTES = 256  # byte-fallback tokens, one per byte value
 IGNORE = -100  # a target that counts for nothing (padding)
 
 # An LSTM's state is (h, c); a GRU's or RNN's is h alone. Each tensor is (layers, batch, hidden).

@@ -19,7 +19,8 @@ from typing import TextIO
 import torch
 import torch.nn.functional as F
 
-from .model import NUM_BYTES, CharRNN, Hidden
+from .config import NUM_BYTES
+from .model import CharRNN, Hidden
 from .tokenizer import Tokenizer
 
 # Temperatures that scale float32 scores without overflow or underflow; outside them, and

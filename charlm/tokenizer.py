@@ -24,11 +24,11 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from .config import NUM_BYTES
 from .errors import CharlmError, UsageError
 
 KINDS = ("char", "unigram", "bpe")
 META = "\u2581"  # sentencepiece's mark for a space
-NUM_BYTES = 256
 _NEEDS_BYTES = re.compile("[\u2581\ud800-\udfff]")
 _TRAIN_TEXT_LIMIT = 200 << 20  # characters read to learn a subword vocabulary
 _LONG_LINE = 4096

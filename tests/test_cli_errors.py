@@ -231,7 +231,8 @@ def test_charlm_debug_prints_the_full_traceback(inputs):
     assert "UsageError" in debug.stderr and str(inputs["missing"]) in debug.stderr
 
 
-@pytest.mark.parametrize("command", [["eval", "{model}", "{corpus}", "--json"], ["sample", "{model}", "--length", "50"]])
+@pytest.mark.parametrize("command", [["eval", "{model}", "{corpus}", "--json"],
+                                     ["sample", "{model}", "--length", "50"]])
 def test_a_reader_gone_before_any_output_is_not_an_error(inputs, command):
     # charlm eval --json | head -0: the first write meets a closed pipe. Like `yes | head`,
     # that ends the command quietly with exit 0, also where click sees the broken pipe first.
