@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import shared_corpus, split_90_10  # noqa: E402
 
+from charlm.config import ModelConfig  # noqa: E402
 from charlm.corpus import open_corpus  # noqa: E402
 from charlm.evaluate import evaluate_text  # noqa: E402
 from charlm.train import train  # noqa: E402
@@ -64,6 +65,7 @@ MODEL_KEYS = {"cell", "layers", "hidden", "embedding", "dropout"}
 def run_one(train_file: Path, val_file: Path, options: dict, budget: float | None, chars: int | None,
             out: Path) -> dict:
     model = {k: v for k, v in options.items() if k in MODEL_KEYS}
+    model.setdefault("hidden", ModelConfig.hidden)  # named, so that a long run keeps the model it tunes
     config = {k: v for k, v in options.items() if k not in MODEL_KEYS}
     config.update(val_fraction=0.0, sample_length=0)
     if budget:

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console, Group
 
 from . import __version__
-from .config import LONG_RUN, ModelConfig, TrainConfig
+from .config import LONG_RUN, LONG_RUN_PASSES, ModelConfig, TrainConfig
 from .errors import CharlmError, UsageError
 
 try:  # typer >= 0.20 carries its own copy of click, whose exceptions are not click's
@@ -90,10 +90,13 @@ def train(
         show_default=False)] = None,
     cell: Annotated[Optional[Cell], typer.Option(help="Recurrent cell. \\[default: lstm]", show_default=False)] = None,
     layers: Annotated[Optional[int], typer.Option(min=1, help=f"Stacked recurrent layers. \\[default: {ModelConfig.layers}]")] = None,
-    hidden: Annotated[Optional[int], typer.Option(min=1, help=f"Hidden units per layer. \\[default: {ModelConfig.hidden}; a long run: {LONG_RUN['hidden']}]")] = None,
+    hidden: Annotated[Optional[int], typer.Option(min=1, help=(
+        f"Hidden units per layer. \\[default: {ModelConfig.hidden}; {LONG_RUN['hidden']} for a run that reads its "
+        f"text more than {LONG_RUN_PASSES:g} times, unless --hidden, --layers or --dropout is given]"))] = None,
     embedding: Annotated[Optional[int], typer.Option(min=1, help=f"Embedding size. \\[default: {ModelConfig.embedding}]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.99,
-                                                     help=f"Dropout probability. \\[default: {ModelConfig.dropout}; a long run: {LONG_RUN['dropout']}]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, help=(
+        f"Dropout probability. \\[default: {ModelConfig.dropout}; {LONG_RUN['dropout']} where --hidden gets "
+        f"{LONG_RUN['hidden']}]"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Parallel text streams. \\[default: {TrainConfig.batch_size}]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(min=1,
                                                    help=f"Characters per BPTT chunk. \\[default: {TrainConfig.seq_len}]")] = None,

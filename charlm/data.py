@@ -45,7 +45,9 @@ def learn_vocabulary(corpus: Corpus, kind: str, vocab_size: int | None, cache_di
     key = hashlib.sha256(f"{corpus_fingerprint(corpus)}|{kind}|{vocab_size}|{__version__}".encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"vocab-{key}.model"
     try:
-        return Tokenizer(path.read_bytes(), kind)
+        cached = Tokenizer(path.read_bytes(), kind)
+        if cached.bytes_from >= 0:  # charlm's vocabularies always have byte fallback; an empty file has not
+            return cached
     except (OSError, RuntimeError, CharlmError):  # none yet, or unreadable: learn it again
         pass
     if on_learning:
@@ -60,6 +62,8 @@ def learn_vocabulary(corpus: Corpus, kind: str, vocab_size: int | None, cache_di
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(tokenizer.model)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before its name is, so a power cut cannot leave it empty
         os.replace(tmp, path)
     except OSError:
         Path(tmp).unlink(missing_ok=True)

@@ -163,6 +163,7 @@ class Trainer:
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         )
         self.lr = config.lr
+        self._bad_steps = 0  # non-finite steps in a row
 
     # -- the schedule -----------------------------------------------------------------------
     def progress(self) -> float:
@@ -584,7 +585,8 @@ def train(
     """Train a model on `corpus` (or continue the run in `resume`) and return where it went.
 
     `model_options` are ModelConfig fields and `train_options` TrainConfig fields; only the
-    ones given are used, the rest keep their defaults (or, on resume, the run's values).
+    ones given are used, the rest keep their defaults (or, on resume, the run's values), except
+    that a long run gets a wider model with dropout when it is not sized (sizing.py).
     """
     model_options = {k: v for k, v in (model_options or {}).items() if v is not None}
     train_options = {k: v for k, v in (train_options or {}).items() if v is not None}
@@ -651,8 +653,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
     val_chars = tokenizer.count_chars(val_tokens[1:])
     if payload is None:  # a long run gets a wider model with dropout unless the user sized it
         if dist.is_main:
-            model_config, reason = choose_model(model_config, config, train_tokens, model_options, device, out,
-                                                 dist.world)
+            model_config, reason = choose_model(model_config, config, train_tokens, model_options, device, dist.world)
             if reason:
                 reporter.message(reason)
         model_config = dist.broadcast(model_config)

@@ -119,10 +119,11 @@ def test_a_changed_corpus_or_tokenizer_learns_its_own_vocabulary(tmp_path, corpu
     corpus_file.write_text("something else entirely\n", encoding="utf-8")
     other = learn_vocabulary(open_corpus([corpus_file]), "char", None, tmp_path, report)
     assert len(learned) == 3 and other.vocab_size < chars.vocab_size
-    for cached in tmp_path.glob("vocab-*"):
-        cached.write_bytes(b"damaged")  # an unreadable cache is learned again, not an error
-    assert learn_vocabulary(open_corpus([corpus_file]), "char", None, tmp_path, report).model == other.model
-    assert len(learned) == 4
+    for damage in (b"damaged", b""):  # an unreadable or empty cache is learned again, not an error
+        for cached in tmp_path.glob("vocab-*"):
+            cached.write_bytes(damage)
+        assert learn_vocabulary(open_corpus([corpus_file]), "char", None, tmp_path, report).model == other.model
+    assert len(learned) == 5
 
 
 def test_changed_corpus_is_encoded_again(tmp_path, corpus_file):

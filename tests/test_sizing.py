@@ -27,7 +27,9 @@ def test_passes_come_from_the_first_stop():
     assert planned_passes(config, 10_000, 2, never) == pytest.approx(6.0)  # each process reads its own streams
     config.epochs = 2.0
     assert planned_passes(config, 10_000, 1, never) == pytest.approx(2.0)
-    config.time_budget = 10.0  # 10 s at 0.1 s a step: 100 steps, one pass
+    config.time_budget = 10.0  # 10 s at 0.1 s a step: 100 steps, one pass; epochs alone are short enough
+    assert planned_passes(config, 10_000, 1, never) == pytest.approx(2.0)
+    config.epochs = config.max_steps = None
     assert planned_passes(config, 10_000, 1, lambda: 0.1) == pytest.approx(1.0)
 
 
@@ -35,32 +37,44 @@ def test_passes_come_from_the_first_stop():
 def test_a_model_the_user_sized_is_kept(given):
     model = ModelConfig(70, **given)
     config = TrainConfig(epochs=50)
-    chosen, reason = choose_model(model, config, np.zeros(1000, np.uint16), given, torch.device("cpu"), None)
+    chosen, reason = choose_model(model, config, np.zeros(1000, np.uint16), given, torch.device("cpu"))
     assert chosen == model and reason is None
 
 
 def test_only_a_long_run_is_resized():
     model = ModelConfig(70)
     tokens = np.zeros(1000, np.uint16)
-    short, reason = choose_model(model, TrainConfig(epochs=LONG_RUN_PASSES), tokens, {}, torch.device("cpu"), None)
+    short, reason = choose_model(model, TrainConfig(epochs=LONG_RUN_PASSES), tokens, {}, torch.device("cpu"))
     assert short == model and reason is None
     long, reason = choose_model(model, TrainConfig(epochs=LONG_RUN_PASSES + 1), tokens, {"cell": "lstm"},
-                                torch.device("cpu"), None)
+                                torch.device("cpu"))
     assert (long.hidden, long.dropout) == (LONG_RUN["hidden"], LONG_RUN["dropout"])
     assert (long.cell, long.layers, long.vocab_size) == (model.cell, model.layers, model.vocab_size)
-    assert f"{LONG_RUN_PASSES + 1:.0f} times" in reason and "--hidden" in reason
+    assert f"about {LONG_RUN_PASSES + 1:.1f} times" in reason and "--hidden" in reason
 
 
-def test_the_step_probe_times_real_steps_and_leaves_the_seed_alone(tmp_path):
+def test_the_step_probe_times_real_steps_and_leaves_the_seed_alone():
     tokens = np.random.default_rng(0).integers(0, 60, 5000).astype(np.uint16)
     config = TrainConfig(batch_size=4, seq_len=16)
     torch.manual_seed(3)
-    seconds = seconds_per_step(ModelConfig(60, hidden=32, embedding=8), config, tokens, torch.device("cpu"), tmp_path)
+    seconds = seconds_per_step(ModelConfig(60, hidden=32, embedding=8), config, tokens, torch.device("cpu"))
     after = torch.rand(3)
     torch.manual_seed(3)
     assert torch.equal(after, torch.rand(3))
     assert 0 < seconds < 5
-    assert list(tmp_path.iterdir()) == []  # the probe leaves no trace in the run's folder
+
+
+def test_a_probe_that_diverges_keeps_the_default_model(monkeypatch, tmp_path):
+    # Every step non-finite: the probe's trainer gives up as a run would, and the run goes on
+    # with the model it had, leaving nothing behind in the working folder.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, clip: torch.tensor(float("nan")))
+    model = ModelConfig(60, hidden=16, embedding=8)
+    tokens = np.random.default_rng(0).integers(0, 60, 5000).astype(np.uint16)
+    chosen, reason = choose_model(model, TrainConfig(batch_size=4, seq_len=16, time_budget=1e6), tokens, {},
+                                  torch.device("cpu"))
+    assert (chosen, reason) == (model, None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _checkpoint_model(corpus_file, out, model_options, **train_options):
@@ -79,9 +93,13 @@ def test_runs_are_sized_by_how_often_they_read_the_text(tmp_path):
     assert (sized["hidden"], sized["dropout"]) == (40, 0.0)
 
 
-def test_a_time_budget_is_sized_by_timing_steps(tmp_path):
+@pytest.mark.parametrize("step_seconds, hidden", [(0.01, LONG_RUN["hidden"]), (1.0, ModelConfig.hidden)])
+def test_a_time_budget_is_sized_by_the_timed_step(tmp_path, monkeypatch, step_seconds, hidden):
     corpus_file = tmp_path / "small.txt"
     corpus_file.write_text(make_text(1200), encoding="utf-8")
-    # A 2-second budget reads 1,080 tokens many times over at any speed this suite runs at.
-    chosen = _checkpoint_model(corpus_file, tmp_path / "run", {}, time_budget=2.0)
-    assert (chosen["hidden"], chosen["dropout"]) == (LONG_RUN["hidden"], LONG_RUN["dropout"])
+    timed = []
+    monkeypatch.setattr("charlm.sizing.seconds_per_step", lambda *args: timed.append(args[0]) or step_seconds)
+    # 1 s of 128-token steps over about 1,080 tokens: 100 steps read it 12 times, 1 step not once.
+    chosen = _checkpoint_model(corpus_file, tmp_path / "run", {}, time_budget=1.0)
+    assert chosen["hidden"] == hidden
+    assert [model.hidden for model in timed] == [ModelConfig.hidden]  # the default model was timed, once
