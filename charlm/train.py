@@ -645,6 +645,10 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
     dist.barrier()  # the others read the token cache rank 0 wrote
     if not dist.is_main:
         tokens = encode_corpus(corpus, tokenizer, cache_dir)
+    began_with = (payload.get("corpus") or {}).get("tokens") if payload is not None else None
+    if began_with is not None and began_with != len(tokens):
+        reporter.message(f"the corpus is not the text this run began on ({len(tokens):,} tokens, not {began_with:,}): "
+                         "training goes on over it, its vocabulary unchanged")
     train_tokens, val_tokens = split_tokens(tokens, config.val_fraction)
     _fit_to_corpus(config, len(train_tokens) // dist.world, reporter)
     # Validation reads the start of the held-out split only, so that on a big corpus it takes

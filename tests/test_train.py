@@ -171,3 +171,19 @@ def test_validation_reads_at_most_the_start_of_a_big_held_out_split(tmp_path, co
     held_out = split_tokens(ids, payload["train_config"]["val_fraction"])[1][:300]
     expected = evaluate_tokens(model, held_out, tok.count_chars(held_out[1:]))
     assert payload["val_nats_per_char"] == pytest.approx(expected.nats_per_char, rel=1e-5)
+
+
+def test_resuming_over_a_changed_corpus_says_so(tmp_path, corpus_file):
+    messages = []
+
+    class Recorder(Reporter):
+        def message(self, text):
+            messages.append(text)
+
+    first = _train(corpus_file, tmp_path / "run", max_steps=2)
+    train(None, {}, {"max_steps": 3}, resume=first.out_dir / "last.pt", reporter=Recorder())
+    assert not any("not the text this run began on" in m for m in messages)
+    with open(corpus_file, "a", encoding="utf-8") as f:
+        f.write("a line written after the run began\n")
+    train(None, {}, {"max_steps": 4}, resume=first.out_dir / "last.pt", reporter=Recorder())
+    assert sum("not the text this run began on" in m for m in messages) == 1
