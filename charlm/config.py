@@ -86,5 +86,3 @@ class ModelConfig:
 # the defaults above, unless the user gave --hidden, --layers or --dropout (sizing.py).
 LONG_RUN_PASSES = 8.0  # on tinyshakespeare the two models tie near 7.5 (bench/README.md)
 LONG_RUN = {"hidden": 512, "dropout": 0.2}
-
-
