@@ -43,6 +43,14 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's `value` (any picklable object), in rank order, on every rank."""
+        if not self.active:
+            return [value]
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
     def any_rank(self, flag: int, device: torch.device) -> int:
         """The largest of every rank's flag: one rank asking to stop stops them all."""
         if not self.active:

@@ -396,6 +396,7 @@ class Trainer:
             "state": asdict(self.state),
             "hidden": [h.detach().float().cpu() for h in hidden],
             "rng": _rng_state(),
+            "rng_ranks": self.dist.gather(_rng_state()),  # under torchrun each rank draws its own dropout masks
             "corpus": self.corpus_info,
             "val_nats_per_char": val,
         }
@@ -422,7 +423,11 @@ class Trainer:
         b, r = self.config.batch_size, self.dist.rank
         hidden = [h[:, r * b : (r + 1) * b].to(self.device) for h in payload["hidden"]]
         self.hidden = tuple(hidden) if self.model.config.cell == "lstm" else hidden[0]
-        _set_rng_state(payload["rng"])
+        ranks = payload.get("rng_ranks") or [payload["rng"]]
+        if len(ranks) == self.dist.world:
+            _set_rng_state(ranks[self.dist.rank])
+        else:  # the streams were shared out anew: so are the random draws
+            torch.manual_seed(_rank_seed(self.config.seed, self.dist.rank, self.state.step))
 
 
 class _LogWindow:
@@ -489,6 +494,11 @@ def _zero_unless(keep: torch.Tensor, hidden):
     if isinstance(hidden, tuple):
         return tuple(torch.where(keep, h, 0.0) for h in hidden)
     return torch.where(keep, hidden, 0.0)
+
+
+def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """A seed of its own for each rank of a torchrun run (and each step it resumes at)."""
+    return int(np.random.SeedSequence([seed % 2**64, rank, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -663,6 +673,8 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
         model_config = dist.broadcast(model_config)
 
     model = CharRNN(model_config)
+    if dist.active:  # the weights come from rank 0 (DistributedDataParallel); dropout masks differ by rank
+        torch.manual_seed(_rank_seed(config.seed, dist.rank))
     corpus_info = {"files": [str(f) for f in corpus.files[:1000]], "encoding": corpus.encoding,
                    "errors": corpus.errors, "tokens": len(tokens)}
     trainer = Trainer(model, tokenizer, train_tokens, val_tokens, val_chars, config, out, device,

@@ -68,3 +68,20 @@ def test_ranks_agree_on_a_time_budget_at_their_agreement_points(tmp_path, corpus
     assert run.returncode == 0, run.stderr[-8000:]
     step = load_checkpoint(tmp_path / "run" / "last.pt")["state"]["step"]
     assert step > AGREE_EVERY and step % AGREE_EVERY == 0
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_keeps_them_on_resume(tmp_path, corpus_file):
+    args = [str(corpus_file), *COMMON, "--dropout", "0.3", "--batch-size", "2", "--schedule", "constant"]
+    first = _torchrun(2, *args, "--max-steps", "4", "--out", str(tmp_path / "run"))
+    assert first.returncode == 0, first.stderr[-8000:]
+    ranks = load_checkpoint(tmp_path / "run" / "last.pt")["rng_ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+    # Resumed by the same number of processes, each rank goes on from its own saved draws:
+    # 4 + 4 steps give the same weights as 8 straight.
+    resumed = _torchrun(2, "--resume", str(tmp_path / "run" / "last.pt"), "--max-steps", "8")
+    assert resumed.returncode == 0, resumed.stderr[-8000:]
+    straight = _torchrun(2, *args, "--max-steps", "8", "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-8000:]
+    a = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
