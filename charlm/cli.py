@@ -136,7 +136,7 @@ def train(
     [bold]Examples[/]
 
       charlm train --time-budget 60                  [dim]# the built-in Python corpus[/]
-      charlm train shakespeare.txt --cell gru --time-budget 300
+      charlm train shakespeare.txt --cell gru --lr 0.003 --time-budget 300
       charlm train notes/ --layers 2 --hidden 256 --epochs 5
       charlm train --resume runs/my-run/last.pt --max-steps 20000
     """
