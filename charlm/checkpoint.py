@@ -77,7 +77,10 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely; any problem is a one-line CharlmError naming the file."""
+    """Read a checkpoint safely; any problem is a one-line UsageError naming the file.
+
+    A file that cannot be used is bad input, whatever is wrong with it (exit 2); the
+    exception torch raised stays attached for CHARLM_DEBUG=1."""
     path = Path(path)
     if path.is_dir():
         path = find_in_run(path)
@@ -86,12 +89,13 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
+        size = path.stat().st_size
     except OSError as e:
-        raise CharlmError(f"{path}: cannot read: {e.strerror}") from None
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
     if magic != ZIP_MAGIC:
         # torch.save writes a zip archive; anything else (text, a bare pickle, the legacy
         # format) is refused before any unpickling starts.
-        raise CharlmError(f"{path}: not a charlm checkpoint (not a zip archive as torch.save writes)")
+        raise UsageError(f"{path}: not a charlm checkpoint (not a zip archive as torch.save writes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's warnings would break the one-line error
@@ -100,48 +104,108 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe contents"
         if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
             reason = "it holds objects that are not plain data, so charlm will not load it"
-        raise CharlmError(f"{path}: refused: {reason}") from None
+        raise UsageError(f"{path}: refused: {reason}") from e
     except Exception as e:  # noqa: BLE001  (a damaged file fails inside torch in many ways)
-        raise CharlmError(f"{path}: not a readable charlm checkpoint ({_first_line(e)})") from None
+        # torch's own words end mid-sentence or speak of its internals; CHARLM_DEBUG=1 shows them.
+        raise UsageError(f"{path}: cannot be read: truncated or damaged, or not a charlm checkpoint "
+                         f"({size:,} bytes)") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CharlmError(f"{path}: not a charlm checkpoint")
+        raise UsageError(f"{path}: not a charlm checkpoint")
     version = payload.get("version")
     if version != VERSION:
-        raise CharlmError(f"{path}: checkpoint format version {version!r} is not supported "
-                          f"(this charlm reads version {VERSION})")
+        raise UsageError(f"{path}: checkpoint format version {version!r} is not supported "
+                         f"(this charlm reads version {VERSION})")
     payload["path"] = str(path)
     return payload
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+def as_payload(checkpoint: Path | str | dict[str, Any]) -> dict[str, Any]:
+    """A loaded checkpoint as it is, or the checkpoint at a path, loaded."""
+    return checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
 
 
 def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer]:
     """Rebuild the model (in eval mode) and its tokenizer from a loaded checkpoint."""
+    path = payload.get("path", "checkpoint")
     try:
         config = ModelConfig(**payload["model_config"])
         model = CharRNN(config)
-        model.load_state_dict(payload["model"])
         tokenizer = Tokenizer(payload["tokenizer"]["model"], payload["tokenizer"]["kind"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CharlmError(f"{payload.get('path', 'checkpoint')}: damaged checkpoint ({_first_line(e)})") from None
+        raise UsageError(f"{path}: damaged checkpoint: its configuration or vocabulary is missing or "
+                         "unreadable") from e
+    try:
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        # torch lists every mismatched tensor, far more than a line; CHARLM_DEBUG=1 shows it.
+        raise UsageError(f"{path}: damaged checkpoint: its weights do not fit its own configuration "
+                         f"({config.cell.upper()} {config.layers}x{config.hidden})") from e
     return model.to(device).eval(), tokenizer
 
 
-def find_in_run(run_dir: Path) -> Path:
-    """A run folder's best checkpoint (lowest validation loss), else its last one."""
-    for name in ("best.pt", "last.pt"):
+def describe(payload: dict[str, Any]) -> str:
+    """What a checkpoint holds, in a few words: `LSTM 1x256, step 4,244, 1.52 nats/char`.
+
+    The validation figure is the one of these weights; a checkpoint saved after its last
+    validation (an interrupted run's last.pt) names the step that figure is from."""
+    config = payload.get("model_config") or {}
+    words = [f"{str(config.get('cell', '?')).upper()} {config.get('layers', '?')}x{config.get('hidden', '?')}"]
+    state = payload.get("state") or {}
+    step = state.get("step")
+    if isinstance(step, int):
+        words.append(f"step {step:,}")
+    val = payload.get("val_nats_per_char")
+    if val is None:
+        words.append("not validated")
+        return ", ".join(words)
+    validated_at = next((entry.get("step") for entry in reversed(state.get("history") or [])
+                         if entry.get("val_nats_per_char") == val), step)
+    if validated_at is not None and validated_at != step:
+        return ", ".join(words) + f"; {val:.2f} nats/char at step {validated_at:,}"
+    return ", ".join(words + [f"{val:.2f} nats/char"])
+
+
+def find_in_run(run_dir: Path, prefer: str = "best.pt") -> Path:
+    """A run folder's best checkpoint (lowest validation loss), else its last one; with
+    `prefer="last.pt"` (resuming) the other way round."""
+    names = ("best.pt", "last.pt") if prefer == "best.pt" else ("last.pt", "best.pt")
+    for name in names:
         if (run_dir / name).is_file():
             return run_dir / name
     raise UsageError(f"{run_dir}: folder holds no best.pt or last.pt")
 
 
 def latest_checkpoint(runs_dir: Path = DEFAULT_RUNS_DIR) -> Path:
-    """The checkpoint of the most recently written run under `runs_dir`."""
-    candidates = [p for p in Path(runs_dir).glob("*/*.pt") if p.name in ("best.pt", "last.pt")]
-    if not candidates:
+    """The checkpoint of the most recently written run anywhere under `runs_dir`: the
+    folders of `charlm compare` (runs/<name>/<cell>/) count as much as those of `train`.
+    Hidden folders (the token cache, .cache) are not looked in."""
+    newest: tuple[float, Path] | None = None
+    for folder, dirnames, filenames in os.walk(runs_dir):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in ("best.pt", "last.pt"):
+            if name in filenames:
+                path = Path(folder) / name
+                try:
+                    written = path.stat().st_mtime
+                except OSError:  # removed meanwhile
+                    continue
+                if newest is None or written > newest[0]:
+                    newest = (written, path)
+    if newest is None:
         raise UsageError(f"no trained model under {runs_dir}/: run 'charlm train' first, or name a checkpoint")
-    newest_run = max(candidates, key=lambda p: p.stat().st_mtime).parent
-    return find_in_run(newest_run)
+    return find_in_run(newest[1].parent)
+
+
+def trained_on_bytes(payload: dict[str, Any]) -> bool:
+    """Whether the model's training text had byte-fallback tokens, so that its byte head
+    learned something and sampling may draw them.
+
+    Checkpoints from before charlm counted them (corpus.byte_tokens) are judged by their
+    vocabulary: a char vocabulary learned without --vocab-size has a token for every
+    character of its text (bytes only for U+2581 and lone surrogates), so no; any other may
+    have needed bytes, so yes, and sampling still keeps them to valid UTF-8."""
+    corpus = payload.get("corpus") or {}
+    if "byte_tokens" in corpus:
+        return corpus["byte_tokens"] > 0
+    config = payload.get("train_config") or {}
+    return not (config.get("tokenizer", "char") == "char" and config.get("vocab_size") is None)
