@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .config import NUM_BYTES
 from .corpus import Corpus
 from .errors import CharlmError
 from .tokenizer import Tokenizer, tokens_dtype, train_tokenizer
@@ -116,6 +117,18 @@ def _encode_to_file(corpus, tokenizer, dtype, path: Path, on_progress) -> None:
         if isinstance(e, OSError):
             raise CharlmError(f"{path}: cannot write the token cache: {e.strerror}") from None
         raise
+
+
+def count_byte_tokens(tokens: np.ndarray, bytes_from: int, slice_size: int = 1 << 24) -> int:
+    """How many of `tokens` are byte-fallback tokens (ids bytes_from .. bytes_from + 255), read
+    in slices so that a memory-mapped corpus of any size costs little memory."""
+    if bytes_from < 0:
+        return 0
+    count = 0
+    for start in range(0, len(tokens), slice_size):
+        part = np.asarray(tokens[start : start + slice_size])
+        count += int(np.count_nonzero((part >= bytes_from) & (part < bytes_from + NUM_BYTES)))
+    return count
 
 
 def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:

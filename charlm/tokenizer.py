@@ -209,7 +209,7 @@ def train_tokenizer(chunks: Iterable[str], kind: str = "char", vocab_size: int |
     try:
         spm.SentencePieceTrainer.train(sentence_iterator=sentences, model_writer=model, **options)
     except RuntimeError as e:
-        raise CharlmError(f"--vocab-size {options['vocab_size']}: sentencepiece refused it: {_last_line(e)}") from None
+        raise UsageError(f"--vocab-size {options['vocab_size']}: sentencepiece refused it: {_last_line(e)}") from None
     return Tokenizer(model.data, kind)
 
 
@@ -254,6 +254,14 @@ def _last_line(error: Exception) -> str:
 def tokens_dtype(vocab_size: int) -> np.dtype:
     """The smallest integer type that holds every id: corpora stay compact in memory and on disk."""
     return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.int32)
+
+
+def describe_vocabulary(tokenizer: Tokenizer) -> str:
+    """The vocabulary in words: `65 characters (+256 byte fallback)`, `2,000 unigram pieces ...`."""
+    byte_tokens = int(np.count_nonzero(tokenizer._byte >= 0))
+    symbols = tokenizer.vocab_size - byte_tokens - len(tokenizer._special)
+    what = "characters" if tokenizer.kind == "char" else f"{tokenizer.kind} pieces"
+    return f"{symbols:,} {what}" + (f" (+{byte_tokens} byte fallback)" if byte_tokens else "")
 
 
 __all__: Sequence[str] = ["Tokenizer", "StreamDecoder", "train_tokenizer", "tokens_dtype", "KINDS"]

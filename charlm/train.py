@@ -26,9 +26,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import find_in_run, load_checkpoint, save_checkpoint
 from .corpus import Corpus
-from .data import StreamBatches, encode_corpus, learn_vocabulary, split_tokens
+from .data import StreamBatches, count_byte_tokens, encode_corpus, learn_vocabulary, split_tokens
 from .distributed import Dist, from_environment, shutdown
 from .errors import CharlmError, UsageError
 from .evaluate import evaluate_tokens
@@ -37,7 +37,7 @@ from .model import CharRNN, detach_hidden
 from .progress import NullReporter, Reporter
 from .sample import generate
 from .sizing import choose_model
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, describe_vocabulary
 
 _STOP, _INTERRUPT, _VALIDATE = 1, 2, 4  # what the ranks agree on before a step
 EVAL_SHARE = 0.03  # at most this share of training time goes to periodic validation and samples
@@ -247,7 +247,8 @@ class Trainer:
             return ""
         gen = torch.Generator().manual_seed(self.state.step)
         pieces = generate(self.model, self.tokenizer, prime="", length=self.config.sample_length,
-                          temperature=0.8, generator=gen, device=self.device)
+                          temperature=0.8, generator=gen, device=self.device,
+                          bytes_seen=self.corpus_info.get("byte_tokens", 1) > 0)
         return "".join(pieces)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -256,6 +257,7 @@ class Trainer:
         self._bad_steps = 0
         chars_per_step = c.batch_size * c.seq_len
         last_val: float | None = None
+        last_val_step: int | None = None  # the step last_val was measured at
         eval_cost = 0.0  # seconds the last validation + sample took
         next_eval = None
         window = _LogWindow(c.grad_clip, chars_per_step)
@@ -287,6 +289,7 @@ class Trainer:
                 if flags & _VALIDATE:
                     t_eval = time.perf_counter()
                     last_val = self._validate_and_save()
+                    last_val_step = s.step if last_val is not None else last_val_step
                     if self.dist.is_main:
                         self.reporter.sample(s.step, self.sample_text())
                     eval_cost = time.perf_counter() - t_eval
@@ -324,8 +327,10 @@ class Trainer:
                 self.save("last.pt", last_val)
             else:
                 final_val = self._validate_and_save()
-                last_val = final_val if final_val is not None else last_val
-        self.reporter.finish(step=s.step, loss=shown_loss, val=last_val, elapsed=s.elapsed)
+                if final_val is not None:
+                    last_val, last_val_step = final_val, s.step
+        self.reporter.finish(step=s.step, loss=shown_loss, val=last_val, elapsed=s.elapsed,
+                             val_step=last_val_step, interrupted=bool(interrupted))
         if interrupted:
             raise CharlmError(
                 f"interrupted at step {s.step}; {self.out_dir / 'last.pt'} is saved; "
@@ -540,7 +545,9 @@ def _graceful_interrupts():
 
 
 # -- putting a run together ---------------------------------------------------------------------
-def prepare_out_dir(out: Path | None, corpus: Corpus, cell: str, runs_dir: Path) -> Path:
+def prepare_out_dir(out: Path | None, corpus: Corpus, cell: str, runs_dir: Path,
+                    created: list[Path] | None = None) -> Path:
+    """The run folder, made if need be; the folders made are appended to `created`."""
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = runs_dir / f"{stamp}-{_safe(corpus.name)}-{cell}"
@@ -554,11 +561,18 @@ def prepare_out_dir(out: Path | None, corpus: Corpus, cell: str, runs_dir: Path)
     if (out / "last.pt").exists() or (out / "best.pt").exists():
         raise UsageError(f"--out {out}: already holds a run; continue it with --resume {out / 'last.pt'} "
                          "or choose another --out")
+    _make_folder(out, created)
+    return out
+
+
+def _make_folder(out: Path, created: list[Path] | None) -> None:
+    missing = [folder for folder in [out, *out.parents] if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CharlmError(f"--out {out}: cannot create the folder: {e.strerror}") from None
-    return out
+    if created is not None:
+        created.extend(reversed(missing))
 
 
 def _safe(name: str) -> str:
@@ -602,18 +616,31 @@ def train(
     train_options = {k: v for k, v in (train_options or {}).items() if v is not None}
     dist, device = from_environment(pick_device(train_options.get("device", "auto")))
     reporter = (reporter or NullReporter()) if dist.is_main else NullReporter()
+    created: list[Path] = []  # the folders this run made, outermost first
     try:
-        result = _train(corpus, model_options, train_options, out, resume, runs_dir, reporter, dist, device)
+        result = _train(corpus, model_options, train_options, out, resume, runs_dir, reporter, dist, device,
+                        created)
         dist.barrier()  # rank 0 may still be writing; no rank leaves the group while another is busy
         return result
+    except BaseException:
+        # A run that fails before it writes anything (bad text, a corpus too short) leaves no
+        # empty folder behind; rmdir removes only empty ones, so nothing written is ever lost.
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
     finally:
         shutdown(dist)
 
 
-def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter, dist, device) -> TrainResult:
+def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter, dist, device,
+           created: list[Path]) -> TrainResult:
     payload = None
     if resume is not None:
-        payload = load_checkpoint(resume)
+        # A run folder resumes from its latest state, not from its best one.
+        payload = load_checkpoint(find_in_run(Path(resume), prefer="last.pt") if Path(resume).is_dir() else resume)
         config, model_config = _resumed_configs(payload, train_options, model_options)
         tokenizer = Tokenizer(payload["tokenizer"]["model"], payload["tokenizer"]["kind"])
         if corpus is None:
@@ -626,10 +653,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
         config.batch_size = streams // dist.world
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out}: is a file, not a folder")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CharlmError(f"--out {out}: cannot create the folder: {e.strerror}") from None
+        _make_folder(out, created)
     else:
         if corpus is None:
             raise UsageError("no corpus given")
@@ -639,7 +663,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
             config.epochs = 1.0
         # Rank 0 makes the folder and the vocabulary; the other ranks take them from it.
         if dist.is_main:
-            out = prepare_out_dir(out, corpus, model_options.get("cell", "lstm"), runs_dir)
+            out = prepare_out_dir(out, corpus, model_options.get("cell", "lstm"), runs_dir, created)
             tokenizer = learn_vocabulary(corpus, config.tokenizer, config.vocab_size, out.parent / ".cache",
                                          lambda: reporter.message(f"learning a {config.tokenizer} vocabulary "
                                                                   f"from {len(corpus.files)} file(s)"))
@@ -675,15 +699,20 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
     model = CharRNN(model_config)
     if dist.active:  # the weights come from rank 0 (DistributedDataParallel); dropout masks differ by rank
         torch.manual_seed(_rank_seed(config.seed, dist.rank))
+    # Whether the text had byte-fallback tokens: a model that never saw one is not asked to
+    # write one when it samples (sample.py). A resumed run keeps what its earlier text had.
+    byte_tokens = count_byte_tokens(tokens, tokenizer.bytes_from)
+    if payload is not None:
+        byte_tokens = max(byte_tokens, (payload.get("corpus") or {}).get("byte_tokens", 0))
     corpus_info = {"files": [str(f) for f in corpus.files[:1000]], "encoding": corpus.encoding,
-                   "errors": corpus.errors, "tokens": len(tokens)}
+                   "errors": corpus.errors, "tokens": len(tokens), "byte_tokens": byte_tokens}
     trainer = Trainer(model, tokenizer, train_tokens, val_tokens, val_chars, config, out, device,
                       reporter, corpus_info, dist)
     if payload is not None:
         trainer.restore(payload)
     reporter.summary(
         out_dir=out, device=str(device) + (f" x {dist.world} processes" if dist.active else ""),
-        params=model.num_params(), vocab=tokenizer.vocab_size,
+        params=model.num_params(), vocab=describe_vocabulary(tokenizer),
         train_tokens=len(train_tokens), val_tokens=len(val_tokens), model=model_config, config=config,
         resumed_at=trainer.state.step if payload is not None else None,
     )
@@ -699,7 +728,7 @@ def _resumed_configs(payload, train_options, model_options) -> tuple[TrainConfig
         saved = TrainConfig(**payload["train_config"])
         model_config = ModelConfig(**payload["model_config"])
     except (KeyError, TypeError) as e:
-        raise CharlmError(f"{payload['path']}: damaged checkpoint ({e})") from None
+        raise UsageError(f"{payload['path']}: damaged checkpoint: its configuration is missing or unreadable") from e
     for key, value in model_options.items():
         if getattr(model_config, key) != value:
             raise UsageError(f"--{key}: a resumed run keeps its model ({key}={getattr(model_config, key)})")
