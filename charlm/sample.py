@@ -77,9 +77,37 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     return torch.minimum(index, last).squeeze(1)
 
 
+# Valid UTF-8, byte by byte: a stream is at a character boundary (BOUNDARY) or inside a
+# character, owing `remaining` more bytes of which the next lies in lo..hi. The ranges leave
+# out overlong forms, surrogates and anything above U+10FFFF.
+BOUNDARY = (0, 0, 0)
+_LEADS = [(0xC2, 0xDF, (1, 0x80, 0xBF)), (0xE0, 0xE0, (2, 0xA0, 0xBF)), (0xE1, 0xEC, (2, 0x80, 0xBF)),
+          (0xED, 0xED, (2, 0x80, 0x9F)), (0xEE, 0xEF, (2, 0x80, 0xBF)), (0xF0, 0xF0, (3, 0x90, 0xBF)),
+          (0xF1, 0xF3, (3, 0x80, 0xBF)), (0xF4, 0xF4, (3, 0x80, 0x8F))]
+
+
+def utf8_after(state: tuple[int, int, int], byte: int) -> tuple[int, int, int]:
+    """The state after `byte`, which must be one `utf8_allowed(state)` allows."""
+    remaining = state[0]
+    if remaining:
+        return (remaining - 1, 0x80, 0xBF) if remaining > 1 else BOUNDARY
+    for first, last, after in _LEADS:
+        if first <= byte <= last:
+            return after
+    return BOUNDARY  # an ASCII byte is a whole character
+
+
+def utf8_allowed(state: tuple[int, int, int]) -> list[bool]:
+    """Which of the 256 byte values may come next without breaking UTF-8."""
+    if state[0]:
+        return [state[1] <= b <= state[2] for b in range(NUM_BYTES)]
+    return [b < 0x80 or 0xC2 <= b <= 0xF4 for b in range(NUM_BYTES)]
+
+
 class TokenChooser:
     """Draws each stream's next token from the top layer's output (B, H), exactly as
-    `pick_next` would from the model's logits with the tokenizer's special ids banned.
+    `pick_next` would from the model's logits with the tokenizer's special ids banned, and
+    with the byte-fallback tokens held to valid UTF-8.
 
     The common case (no top-k or top-p, an ordinary temperature) costs one small matrix
     product: model.head with the temperature and the bans folded into its weights. With a
@@ -90,15 +118,31 @@ class TokenChooser:
     draws it computes its byte head, keeps the escape with probability Z / Z_max (then
     draws the byte) or else draws again: rejection sampling, whose result has exactly the
     full distribution, and which computes the byte head only where the escape comes up.
+
+    A sample is always valid text. Z counts only the bytes that can start a character (a
+    lead byte or ASCII), and a stream inside a character draws its next byte from the byte
+    head alone, among the bytes that continue the character validly; so no byte sequence is
+    ever left broken. `allow_bytes` False bans the byte tokens altogether: a model whose
+    training text had none never learned them, and its byte head is noise.
     """
 
     def __init__(self, model: CharRNN, tokenizer: Tokenizer, temperature: float, top_k: int, top_p: float,
-                 generator: torch.Generator | None, device: str | torch.device):
+                 generator: torch.Generator | None, device: str | torch.device, allow_bytes: bool = True):
         self.model, self.generator = model, generator
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         vocab = tokenizer.vocab_size
         banned = {i for i in range(vocab) if tokenizer.is_special(i)}
+        self.bytes_from = tokenizer.bytes_from  # first byte token id; -1: none to watch
+        self.allow_bytes = allow_bytes and self.bytes_from >= 0
+        if self.bytes_from >= 0 and not self.allow_bytes:
+            banned |= set(range(self.bytes_from, self.bytes_from + NUM_BYTES))
+        self.states: list[tuple[int, int, int]] = []  # each stream's place in UTF-8, from the first call
+        self.inside: set[int] = set()  # the streams in the middle of a character
+        self._masks: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.device = device
         self.plain = top_k == 0 and top_p >= 1.0 and PLAIN_TEMPERATURES[0] <= temperature <= PLAIN_TEMPERATURES[1]
+        if self.allow_bytes and not model.factored:
+            self.plain = False  # byte tokens among the main outputs: the careful way masks them
         if not self.plain:
             self.ban = None
             if banned:  # added to the logits: -inf on the ids that stand for no text
@@ -106,9 +150,8 @@ class TokenChooser:
                 self.ban[list(banned)] = float("-inf")
             return
         # The token id of each output of model.head; a factored head ends with the escape.
-        self.bytes_from = model.config.bytes_from if model.factored else -1
         if model.factored:
-            start = self.bytes_from
+            start = model.config.bytes_from
             self.token_of = [*range(start), *range(start + NUM_BYTES, vocab)]
             self.escape = len(self.token_of)
             self.z_max = 1.0 if temperature <= 1 else NUM_BYTES ** (1 - 1 / temperature)
@@ -119,39 +162,72 @@ class TokenChooser:
         bias = model.head.bias.detach() / temperature
         bias[[j for j, token in enumerate(self.token_of) if token in banned]] = float("-inf")
         if self.escape >= 0:
-            bias[self.escape] += math.log(self.z_max)
+            bias[self.escape] += math.log(self.z_max) if self.allow_bytes else float("-inf")
         self.weight, self.bias = weight.to(device), bias.to(device)
+
+    def byte_mask(self, state: tuple[int, int, int]) -> torch.Tensor:
+        """(256,): 0 on the bytes that may come next in `state`, -inf elsewhere."""
+        if state not in self._masks:
+            allowed = torch.tensor(utf8_allowed(state), device=self.device)
+            self._masks[state] = torch.zeros(NUM_BYTES, device=self.device).masked_fill(~allowed, float("-inf"))
+        return self._masks[state]
 
     def __call__(self, top: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """top (B, H) -> the next token of each stream, as a tensor (B,) and as a list."""
+        if len(self.states) != top.shape[0]:  # the first call: every stream starts a character
+            self.states, self.inside = [BOUNDARY] * top.shape[0], set()
         if not self.plain:
-            logits = self.model.logits(top)
-            if self.ban is not None:
-                logits = logits + self.ban
-            token = pick_next(logits, self.temperature, self.top_k, self.top_p, self.generator)
-            return token, token.tolist()
+            tokens = self._careful(top)
+            return torch.tensor(tokens, device=top.device), tokens
         probs = torch.softmax(F.linear(top, self.weight, self.bias).float(), dim=-1)  # (B, outputs)
         choice = draw(probs, self.generator).tolist()
         tokens = [self.token_of[c] if c != self.escape else -1 for c in choice]
-        while -1 in tokens:  # rare: only streams that drew the escape
-            self._resolve_escapes(top, probs, tokens)
+        inside = set(self.inside)
+        for i in inside:  # a stream inside a character must draw its next byte
+            tokens[i] = -1
+        while -1 in tokens:  # rare: only streams that drew the escape, or are inside a character
+            self._resolve_escapes(top, probs, tokens, inside)
         return torch.tensor(tokens, device=top.device), tokens
 
-    def _resolve_escapes(self, top: torch.Tensor, probs: torch.Tensor, tokens: list[int]) -> None:
+    def _set_state(self, row: int, state: tuple[int, int, int]) -> None:
+        self.states[row] = state
+        (self.inside.add if state[0] else self.inside.discard)(row)
+
+    def _resolve_escapes(self, top: torch.Tensor, probs: torch.Tensor, tokens: list[int], inside: set[int]) -> None:
         """Fill the -1 entries of tokens: a byte token, or (rejected) a new draw."""
         rows = [i for i, token in enumerate(tokens) if token == -1]
         index = torch.tensor(rows, device=top.device)
-        scaled = F.log_softmax(self.model.byte_head(top[index]).float(), dim=-1) / self.temperature  # (n, 256)
-        z = scaled.exp().sum(dim=-1)  # sum of p_byte^(1/T), at most z_max
+        masks = torch.stack([self.byte_mask(self.states[row]) for row in rows])  # (n, 256)
+        scaled = F.log_softmax(self.model.byte_head(top[index]).float(), dim=-1) / self.temperature + masks
+        z = scaled.exp().sum(dim=-1)  # sum of p_byte^(1/T) over the allowed bytes, at most z_max
         uniform = torch.rand(len(rows), generator=self.generator, dtype=z.dtype).to(z.device)
         keep = (uniform * self.z_max < z).tolist()
         byte = draw(torch.softmax(scaled, dim=-1), self.generator).tolist()
         again = draw(probs[index], self.generator).tolist()
         for n, row in enumerate(rows):
-            if keep[n]:
+            if keep[n] or row in inside:
                 tokens[row] = self.bytes_from + byte[n]
+                self._set_state(row, utf8_after(self.states[row], byte[n]))
             elif again[n] != self.escape:
                 tokens[row] = self.token_of[again[n]]
+
+    def _careful(self, top: torch.Tensor) -> list[int]:
+        """Any temperature, top-k and top-p: the full logits, masked, through pick_next."""
+        logits = self.model.logits(top).float()
+        if self.ban is not None:
+            logits = logits + self.ban
+        if self.allow_bytes:
+            b0 = self.bytes_from
+            logits[:, b0 : b0 + NUM_BYTES] += torch.stack([self.byte_mask(state) for state in self.states])
+            for row in self.inside:  # inside a character: only its next byte may come
+                logits[row, :b0] = float("-inf")
+                logits[row, b0 + NUM_BYTES :] = float("-inf")
+        tokens = pick_next(logits, self.temperature, self.top_k, self.top_p, self.generator).tolist()
+        if self.allow_bytes:
+            for row, token in enumerate(tokens):
+                if self.bytes_from <= token < self.bytes_from + NUM_BYTES:
+                    self._set_state(row, utf8_after(self.states[row], token - self.bytes_from))
+        return tokens
 
 
 class PackedCells:
@@ -253,11 +329,14 @@ def generate_batch(
     stop: str | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
+    bytes_seen: bool = True,
 ) -> Iterator[list[str]]:
     """Yield, after each step, the new text of every sample ('' once a sample is done).
 
     `length` counts generated characters (the prime not included). A sample ends early
-    right after it writes `stop`.
+    right after it writes `stop`. `bytes_seen` False says the model's training text had no
+    byte-fallback tokens: then it draws none, unless the prime has some (characters unseen
+    in training), which it may want to continue.
     """
     model.eval()
     prime_ids = tokenizer.encode(prime)
@@ -270,7 +349,10 @@ def generate_batch(
         else hidden.expand(-1, num_samples, -1).contiguous()
     cells = PackedCells(model, num_samples)
     state = cells.state(hidden)
-    choose = TokenChooser(model, tokenizer, temperature, top_k, top_p, generator, device)
+    b0 = tokenizer.bytes_from
+    prime_has_bytes = b0 >= 0 and bool(((context >= b0) & (context < b0 + NUM_BYTES)).any())
+    choose = TokenChooser(model, tokenizer, temperature, top_k, top_p, generator, device,
+                          allow_bytes=bytes_seen or prime_has_bytes)
     decoders = [tokenizer.stream_decoder() for _ in range(num_samples)]
     written = [0] * num_samples
     tails = [""] * num_samples  # the last len(stop) characters, to spot the stop string
@@ -300,10 +382,8 @@ def generate_batch(
         going = still_going
         if going:  # no step after the last character
             state = cells(token, state)
-    # Bytes of a character left unfinished at the end come out as U+FFFD rather than vanish.
-    leftovers = [d.flush() if written[i] < length else "" for i, d in enumerate(decoders)]
-    if any(leftovers):
-        yield leftovers
+    # No sample ends inside a character: a stream inside one draws only its next byte, and a
+    # sample ends only on text, so nothing is left in the decoders to flush.
 
 
 def generate(model: CharRNN, tokenizer: Tokenizer, prime: str = "", length: int = 500, **options) -> Iterator[str]:

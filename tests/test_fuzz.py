@@ -11,6 +11,7 @@ Sizes stay small so each training example takes a fraction of a second.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import os
@@ -241,3 +242,45 @@ def test_sampling_draws_a_real_token_for_any_settings(logits, temperature, top_k
     assert all(logits[i] != float("-inf") for i in probs[0].nonzero().flatten().tolist())
     token = int(pick_next(row, temperature, top_k, top_p, torch.Generator().manual_seed(0)))
     assert logits[token] != float("-inf")  # never a banned token
+
+
+@functools.lru_cache(maxsize=None)
+def _byte_happy_model(factored: bool):
+    """An untrained model over a tiny vocabulary whose byte head is noise: the worst case for
+    valid text, since it picks any byte at all wherever it is allowed to."""
+    from charlm.model import CharRNN, ModelConfig
+    from charlm.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["abc de\n" * 10], "char")
+    torch.manual_seed(0)
+    config = ModelConfig(tokenizer.vocab_size, "gru", 1, 16, 8, bytes_from=tokenizer.bytes_from if factored else -1)
+    return CharRNN(config).eval(), tokenizer
+
+
+@settings(FUZZ, max_examples=60)
+@given(temperature=st.one_of(st.just(0.0), st.floats(0.01, 100)), top_k=st.integers(0, 300),
+       top_p=st.floats(0.05, 1.0), num_samples=st.integers(1, 3), seed=st.integers(0, 2**32),
+       prime=TEXT, escape=st.floats(-3, 10), bytes_seen=st.booleans(), factored=st.booleans())
+def test_sampled_text_is_valid_utf8_for_any_settings(temperature, top_k, top_p, num_samples, seed, prime, escape,
+                                                    bytes_seen, factored):
+    from charlm.sample import generate_batch
+
+    model, tokenizer = _byte_happy_model(factored)
+    with torch.no_grad():  # how much the model wants a byte
+        if factored:
+            model.head.bias[-1] = escape
+        else:
+            model.head.bias[tokenizer.bytes_from : tokenizer.bytes_from + 256] = escape
+    parts = [[] for _ in range(num_samples)]
+    for pieces in generate_batch(model, tokenizer, prime, 40, num_samples, temperature, top_k, top_p,
+                                 generator=torch.Generator().manual_seed(seed), bytes_seen=bytes_seen):
+        for part, piece in zip(parts, pieces):
+            part.append(piece)
+    vocabulary = set("abc de\n")
+    unseen_in_prime = any(ch not in vocabulary for ch in prime)
+    for text in ("".join(part) for part in parts):
+        text.encode("utf-8")  # strict: no lone surrogate
+        assert "\ufffd" not in text or "\ufffd" in prime  # never a broken byte sequence
+        assert len(text) == 40
+        if not bytes_seen and not unseen_in_prime:
+            assert set(text) <= vocabulary  # bytes never learned are never drawn

@@ -108,7 +108,7 @@ def test_the_fast_draw_has_the_distribution_of_the_full_logits(temperature, fact
     from charlm.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["abcde\n" * 20], "char")
-    favoured = [0x41, 0x80, 0xE2]
+    favoured = [0x41, 0x80, 0xE2]  # ASCII, a continuation byte (never first), a lead byte
     torch.manual_seed(0)
     config = ModelConfig(tok.vocab_size, "lstm", 1, 16, 8, bytes_from=tok.bytes_from if factored else -1)
     model = CharRNN(config).eval()
@@ -126,10 +126,13 @@ def test_the_fast_draw_has_the_distribution_of_the_full_logits(temperature, fact
             model.head.bias[[tok.bytes_from + b for b in favoured]] = 0.5
     top = torch.randn(1, 16).expand(30_000, -1)
     choose = TokenChooser(model, tok, temperature, 0, 1.0, torch.Generator().manual_seed(1), "cpu")
-    assert choose.plain
+    assert choose.plain == factored  # byte tokens among the main outputs go the careful way
     with torch.inference_mode():
         tokens, listed = choose(top)
         banned = torch.tensor([0.0 if not tok.is_special(i) else float("-inf") for i in range(tok.vocab_size)])
+        # A text starts with a whole character: a continuation byte (0x80) cannot come first.
+        banned[tok.bytes_from + 0x80 : tok.bytes_from + 0xC2] = float("-inf")
+        banned[tok.bytes_from + 0xF5 : tok.bytes_from + 256] = float("-inf")
         expected = torch.softmax(filter_logits(model.logits(top[:1]) + banned, temperature), dim=-1)[0]
     assert tokens.tolist() == listed
     seen = torch.bincount(tokens, minlength=tok.vocab_size).double() / len(tokens)
