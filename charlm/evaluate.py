@@ -114,14 +114,18 @@ class EvalReport:
     checkpoint: str
     result: EvalResult
     shown: list[tuple[str, float | None]]  # (text of a token, its loss in nats) for the start of the text
+    text_chars: int = 0  # characters of the whole text, of which `shown` holds the first
 
 
 def evaluate_text(checkpoint, corpus, device="cpu", keep_losses: bool = False, show_chars: int = 3000,
                   streams: int = DEFAULT_STREAMS) -> EvalReport:
-    """Evaluate a checkpoint (path) on a Corpus of held-out text."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    """Evaluate a checkpoint (a path, or a loaded one) on a Corpus of held-out text. With
+    `keep_losses`, the report keeps the first `show_chars` characters at most, cut at the end
+    of a line, with each token's loss."""
+    from .checkpoint import as_payload, model_from_checkpoint
+    from .render import cut_at_line
 
-    payload = load_checkpoint(checkpoint)
+    payload = as_payload(checkpoint)
     model, tokenizer = model_from_checkpoint(payload, device)
     parts, total_chars = [], 0
     for chunk in corpus.chunks():
@@ -150,4 +154,11 @@ def evaluate_text(checkpoint, corpus, device="cpu", keep_losses: bool = False, s
                 count += len(text)
                 if count >= show_chars:
                     break
-    return EvalReport(checkpoint=str(payload["path"]), result=result, shown=shown)
+        keep = len(cut_at_line("".join(piece for piece, _ in shown), show_chars))
+        while shown and count > keep:  # drop what lies past the cut, piece by piece
+            piece, loss = shown.pop()
+            count -= len(piece)
+            if count < keep:
+                shown.append((piece[: keep - count], loss))
+                count = keep
+    return EvalReport(checkpoint=str(payload["path"]), result=result, shown=shown, text_chars=total_chars)

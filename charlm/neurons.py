@@ -399,19 +399,20 @@ def check_options(config: ModelConfig, options: InspectOptions) -> None:
         raise UsageError("--saturation: a vanilla RNN has no gates")
 
 
-def inspect(checkpoint: Path | str, text: str, options: InspectOptions, device: str | torch.device = "cpu",
+def inspect(checkpoint: Path | str | dict, text: str, options: InspectOptions, device: str | torch.device = "cpu",
             on_progress: Callable[[int, int], None] | None = None) -> InspectReport:
     """Everything `charlm inspect-neurons` shows, for a checkpoint and a text."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .checkpoint import as_payload, model_from_checkpoint
+    from .render import cut_at_line
 
-    payload = load_checkpoint(checkpoint)
+    payload = as_payload(checkpoint)
     model, tokenizer = model_from_checkpoint(payload, device)
     config = model.config
     check_options(config, options)
     if not text:
         raise UsageError("the text to inspect is empty")
     aligned = align_text(tokenizer, text)
-    report = InspectReport(str(payload["path"]), config, len(aligned.text), aligned.text[: options.show_chars])
+    report = InspectReport(str(payload["path"]), config, len(aligned.text), cut_at_line(aligned.text, options.show_chars))
     search = options.find is not None or options.find_regex is not None
     overview = not (search or options.units or options.saturation or options.predictions)
     layers = [options.layer] if options.layer is not None else list(range(config.layers))
@@ -449,7 +450,7 @@ def inspect(checkpoint: Path | str, text: str, options: InspectOptions, device: 
         units += [(s.layer, s.state, s.unit, s.score, name) for name, s in best]
     unit_layer = options.layer if options.layer is not None else config.layers - 1
     units += [(unit_layer, options.state or "h", u, None, None) for u in options.units]
-    shown = align_text(tokenizer, report.shown_text) if len(aligned.text) > options.show_chars else aligned
+    shown = align_text(tokenizer, report.shown_text) if len(report.shown_text) < len(aligned.text) else aligned
     if units or options.predictions:
         values, report.guesses = unit_activations(model, shown, [u[:3] for u in units], tokenizer,
                                                   GUESSES if options.predictions else 0, device)

@@ -12,7 +12,8 @@ import re
 
 from rich.cells import cell_len
 from rich.color import Color
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.measure import Measurement
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
@@ -21,20 +22,92 @@ LN2 = math.log(2)
 _VISIBLE = {"\n": "↵\n", "\t": "→   ", "\r": "␍"}
 
 
-def eval_table(reports) -> Table:
-    table = Table(title="held-out text", title_justify="left")
-    table.add_column("checkpoint", overflow="fold")
-    table.add_column("bits/char", justify="right")
-    table.add_column("nats/char", justify="right")
-    table.add_column("perplexity", justify="right")
-    table.add_column("chars", justify="right")
-    best = min(r.result.nats_per_char for r in reports)
-    for r in reports:
-        res = r.result
-        style = "bold green" if len(reports) > 1 and res.nats_per_char == best else None
-        table.add_row(Text(r.checkpoint), f"{res.bits_per_char:.4f}", f"{res.nats_per_char:.4f}",
-                      f"{res.perplexity:.3f}", f"{res.chars:,}", style=style)
-    return table
+class FoldedPath:
+    """A path in a table cell that wraps after a `/`, never inside a name (unless one name
+    alone is wider than the column)."""
+
+    def __init__(self, path: str, style: str = ""):
+        self.path, self.style = path, style
+        self.parts = re.findall(r"[^/]*/|[^/]+$", path) or [path]
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(max(cell_len(p) for p in self.parts), cell_len(self.path))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = [""]
+        for part in self.parts:
+            if lines[-1] and cell_len(lines[-1] + part) > options.max_width:
+                lines.append("")
+            lines[-1] += part
+        for line in lines:
+            yield Text(line, overflow="fold", style=self.style)
+
+
+def cut_at_line(text: str, limit: int) -> str:
+    """At most `limit` characters of `text`, ending after a newline (or, with no newline in
+    the second half, after a space), so that a view never stops mid-word."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    for boundary in ("\n", " "):
+        at = head.rfind(boundary)
+        if at >= limit // 2:
+            return head[: at + 1]
+    return head
+
+
+def cut_note(shown: int, total: int) -> Text | None:
+    """`showing 2,000 of 48,211 characters; --show-chars N for more`, when the view is cut."""
+    if shown >= total:
+        return None
+    return Text(f"showing {shown:,} of {total:,} characters; --show-chars N for more", style="dim")
+
+
+class EvalTable:
+    """`charlm eval`'s results: a table when every path fits whole in its column, else (a
+    narrow terminal, long run names) each checkpoint on a line of its own with its figures
+    under it, so that no path is broken inside a name."""
+
+    HEADERS = ("bits/char", "nats/char", "perplexity", "chars")
+
+    def __init__(self, reports):
+        self.reports = reports
+        best = min(r.result.nats_per_char for r in reports)
+        self.rows = []
+        for r in reports:
+            res = r.result
+            style = "bold green" if len(reports) > 1 and res.nats_per_char == best else None
+            self.rows.append((r.checkpoint, (f"{res.bits_per_char:.4f}", f"{res.nats_per_char:.4f}",
+                                             f"{res.perplexity:.3f}", f"{res.chars:,}"), style))
+
+    def table(self) -> Table:
+        table = Table(title="held-out text", title_justify="left")
+        table.add_column("checkpoint", no_wrap=True)
+        for header in self.HEADERS:
+            table.add_column(header, justify="right")
+        for path, figures, style in self.rows:
+            table.add_row(path, *figures, style=style)
+        return table
+
+    def width(self) -> int:
+        """Columns the table takes with every cell on one line."""
+        cells = [max(len(h), *(len(f[i]) for _, f, _ in self.rows)) for i, h in enumerate(self.HEADERS)]
+        path = max(len("checkpoint"), *(cell_len(p) for p, _, _ in self.rows))
+        return path + sum(cells) + 3 * (len(cells) + 1) + 1  # padding and rules
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if self.width() <= options.max_width:
+            yield self.table()
+            return
+        yield Text("held-out text", style="italic")
+        for path, figures, style in self.rows:
+            yield FoldedPath(path, style=style or "")
+            yield Text("  " + "  ".join(f"{value} {name}" for value, name in zip(figures, self.HEADERS)),
+                       style=style or "")
+
+
+def eval_table(reports) -> EvalTable:
+    return EvalTable(reports)
 
 
 def heat(fraction: float) -> Style:
@@ -49,18 +122,25 @@ def surprisal_text(report, limit: int, max_bits: float = 8.0) -> Text:
     text = Text()
     text.append(f"{report.checkpoint}: surprisal per character, white 0 bits to red ≥{max_bits:g} bits\n",
                 style="bold")
+    shown = 0
     for piece, loss in report.shown:
         bits = 0.0 if loss is None else loss / LN2
+        shown += len(piece)
         for ch in piece:
             text.append(_VISIBLE.get(ch, ch), style=heat(bits / max_bits))
     text.append("\n")
+    note = cut_note(shown, getattr(report, "text_chars", shown))
+    if note is not None:
+        text.append_text(note)
+        text.append("\n")
     return text
 
 
 # -- inspect-neurons: text coloured by one unit, rankings, gate saturation ------------------------------
 _NEGATIVE, _POSITIVE, _GUESS = (33, 102, 172), (178, 24, 43), (26, 152, 80)
 _LEGEND_STEPS = 11
-_GUESS_GLYPHS = {" ": "␣", "\n": "↵", "\t": "→", "": " "}
+# A guess that is a byte token (a character outside the vocabulary) decodes to U+FFFD alone.
+_GUESS_GLYPHS = {" ": "␣", "\n": "↵", "\t": "→", "": " ", "\ufffd": "▪"}
 _SIGMOID_STATES = ("input", "forget", "output", "reset", "update")
 
 
@@ -119,8 +199,9 @@ class CharacterView:
     """Text drawn one character per cell group, each with its own style, folded to the width it is given.
 
     A newline shows as ↵ and breaks the line; a long line folds at any character. With
-    `guesses`, rows of the model's likeliest next characters sit under each line, shaded by
-    probability.
+    `guesses` (guesses[i]: the model's likeliest next characters after reading character i),
+    rows of guesses sit under each line, shaded by probability, each under the character it
+    is a guess for: under character i, what the model expected after character i - 1.
     """
 
     def __init__(self, text: str, styles: list[Style | None], guesses: list[list[tuple[str, float]]] | None = None):
@@ -153,7 +234,7 @@ class CharacterView:
                 guess_row = Text(no_wrap=True, overflow="ignore")
                 for i in line:
                     column = cell_len(_glyph(self.text[i]))
-                    guess, prob = self.guesses[i][k]
+                    guess, prob = self.guesses[i - 1][k] if i > 0 else ("", 0.0)
                     glyph = _glyph(_GUESS_GLYPHS.get(guess, guess)[:1] or " ")
                     if cell_len(glyph) > column:
                         glyph = "▪"  # a wide guess under a narrow character
@@ -263,12 +344,18 @@ def inspect_renderables(report) -> list:
         parts += [Text("gate saturation: the share of characters with the gate below 0.1 (left-saturated) "
                        "or above 0.9 (right-saturated)", style="bold"),
                   saturation_table(report.saturation), saturation_plot(report.saturation)]
+    if report.guesses is not None:
+        parts += [Text("under each character, the model's three likeliest guesses for it, made from the "
+                       "text before it (darker green: more likely; ▪ a character outside its vocabulary)",
+                       style="bold")]
     for view in report.views:
         parts += [Text(""), unit_view(view, report.shown_text, report.guesses)]
     if report.guesses is not None and not report.views:
         styles = [None] * len(report.shown_text)
-        parts += [Text("the model's three likeliest next characters under each character", style="bold"),
-                  CharacterView(report.shown_text, styles, report.guesses)]
+        parts += [CharacterView(report.shown_text, styles, report.guesses)]
+    note = cut_note(len(report.shown_text), report.chars)
+    if note is not None and (report.views or report.guesses is not None):
+        parts.append(note)
     return parts
 
 
@@ -285,11 +372,11 @@ def _self_contained_svg_format() -> str | None:
 SVG_FORMAT = _self_contained_svg_format()
 
 
-def export_views(parts: list, kind: str, width: int = 100) -> str:
+def export_views(parts: list, kind: str, width: int = 100, title: str = "charlm inspect-neurons") -> str:
     """The renderables as a self-contained HTML page (kind "html") or SVG image ("svg")."""
     recorder = Console(record=True, file=io.StringIO(), width=width, force_terminal=True,
                        color_system="truecolor", highlight=False)
     recorder.print(Group(*parts))
     if kind == "html":
         return recorder.export_html()
-    return recorder.export_svg(title="charlm inspect-neurons", **({"code_format": SVG_FORMAT} if SVG_FORMAT else {}))
+    return recorder.export_svg(title=title, **({"code_format": SVG_FORMAT} if SVG_FORMAT else {}))
