@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console, Group
 
-from . import __version__
+from . import __version__, options
 from .config import LONG_RUN, LONG_RUN_PASSES, ModelConfig, TrainConfig
 from .errors import CharlmError, UsageError
 
@@ -27,6 +27,7 @@ except ImportError:  # older typer runs on click itself
     from click import exceptions as click_exceptions
 
 app = typer.Typer(
+    cls=options.Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -80,65 +81,98 @@ def _root(
     """Train character-level RNN language models and look inside them."""
 
 
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+# Options several commands share. Every number goes through a check of options.py, which
+# refuses nan and infinities as well as what is out of range, naming the option.
+Device = Annotated[str, typer.Option(metavar="NAME", help="auto, cpu, cuda or mps.")]
+Encoding = Annotated[str, typer.Option(metavar="NAME", help="Text encoding of the text files.")]
+ErrorsOption = Annotated[Errors, typer.Option(metavar="strict|replace",
+                                              help="strict: undecodable bytes are an error; replace: U+FFFD.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+POSITIVE_INT = {"metavar": "N", "callback": options.positive}
 
 
-@app.command()
+def _say(text: str) -> None:
+    _stderr().print(text, style="dim", markup=False, highlight=False, soft_wrap=True)  # one line, never cut
+
+
+def _note_skipped(corpus) -> None:
+    """Say which files of the folders given were left out, and why."""
+    summary = corpus.skipped_summary()
+    if summary:
+        _say(summary)
+
+
+@app.command(cls=options.Command)
 def train(
     paths: Annotated[Optional[list[Path]], typer.Argument(
-        help="Text files or folders (read recursively). None: the Python standard library's source.",
-        show_default=False)] = None,
-    cell: Annotated[Optional[Cell], typer.Option(help="Recurrent cell. \\[default: lstm]", show_default=False)] = None,
-    layers: Annotated[Optional[int], typer.Option(min=1, help=f"Stacked recurrent layers. \\[default: {ModelConfig.layers}]")] = None,
-    hidden: Annotated[Optional[int], typer.Option(min=1, help=(
-        f"Hidden units per layer. \\[default: {ModelConfig.hidden}; {LONG_RUN['hidden']} for a run that reads its "
-        f"text more than {LONG_RUN_PASSES:g} times, unless --hidden, --layers or --dropout is given]"))] = None,
-    embedding: Annotated[Optional[int], typer.Option(min=1, help=f"Embedding size. \\[default: {ModelConfig.embedding}]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, help=(
-        f"Dropout probability. \\[default: {ModelConfig.dropout}; {LONG_RUN['dropout']} where --hidden gets "
-        f"{LONG_RUN['hidden']}]"))] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Parallel text streams. \\[default: {TrainConfig.batch_size}]")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(min=1,
-                                                   help=f"Characters per BPTT chunk. \\[default: {TrainConfig.seq_len}]")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {TrainConfig.lr}]")] = None,
-    schedule: Annotated[Optional[Schedule], typer.Option(
-        help="Learning-rate decay after warmup. \\[default: linear]", show_default=False)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(min=0, help="Warmup steps; with a decaying schedule, at most "
-                            f"a tenth of the run. \\[default: {TrainConfig.warmup_steps}]")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(min=0.0, help=f"AdamW weight decay. \\[default: {TrainConfig.weight_decay}]")] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(min=0.0,
-                                                       help=f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]")] = None,
+        metavar="[PATHS]...", show_default=False,
+        help="Text files or folders (read recursively, each real file once). None: the Python standard "
+             "library's source.")] = None,
+    cell: Annotated[Optional[Cell], typer.Option(metavar="rnn|gru|lstm", show_default=False,
+                                                 help="Recurrent cell. \\[default: lstm]")] = None,
+    layers: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        f"Stacked recurrent layers. \\[default: {ModelConfig.layers}]"))] = None,
+    hidden: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        f"Hidden units per layer. \\[default: {ModelConfig.hidden}; {LONG_RUN['hidden']} for a run that reads "
+        f"its text more than {LONG_RUN_PASSES:g} times, unless --hidden, --layers or --dropout is given]"))] = None,
+    embedding: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        f"Embedding size. \\[default: {ModelConfig.embedding}]"))] = None,
+    dropout: Annotated[Optional[float], typer.Option(metavar="P", callback=options.below_one, help=(
+        f"Dropout probability, at least 0 and below 1. \\[default: {ModelConfig.dropout}; "
+        f"{LONG_RUN['dropout']} where --hidden gets {LONG_RUN['hidden']}]"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        f"Parallel text streams. \\[default: {TrainConfig.batch_size}]"))] = None,
+    seq_len: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        f"Characters per BPTT chunk. \\[default: {TrainConfig.seq_len}]"))] = None,
+    lr: Annotated[Optional[float], typer.Option(metavar="RATE", callback=options.positive, help=(
+        f"Peak learning rate. \\[default: {TrainConfig.lr}]"))] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(metavar="NAME", show_default=False,
+                                                         help="Learning-rate decay after warmup: linear, "
+                                                              "cosine or constant. \\[default: linear]")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(metavar="N", callback=options.not_negative, help=(
+        "Warmup steps; with a decaying schedule, at most a tenth of the run. "
+        f"\\[default: {TrainConfig.warmup_steps}]"))] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(metavar="X", callback=options.not_negative, help=(
+        f"AdamW weight decay. \\[default: {TrainConfig.weight_decay}]"))] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(metavar="NORM", callback=options.not_negative, help=(
+        f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]"))] = None,
     no_clip: Annotated[bool, typer.Option("--no-clip", help="Turn gradient clipping off (--grad-clip 0), "
                                           "to watch gradients explode.")] = False,
-    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many steps.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(
+    max_steps: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help="Stop after this many steps.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(metavar="N", callback=options.positive,
                                                     help="Stop after this many passes over the text.")] = None,
-    time_budget: Annotated[Optional[float], typer.Option(
+    time_budget: Annotated[Optional[float], typer.Option(metavar="SECONDS", callback=options.positive,
                                                          help="Stop after this many seconds of training.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(
-                                                          help=f"Share of the text held out, from its end. \\[default: {TrainConfig.val_fraction}]")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="Also save last.pt every N steps.")] = None,
-    sample_length: Annotated[Optional[int], typer.Option(min=0, help=f"Characters of each progress sample; 0: none. \\[default: {TrainConfig.sample_length}]")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(metavar="X", callback=options.below_one, help=(
+        f"Share of the text held out, from its end. \\[default: {TrainConfig.val_fraction}]"))] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(**POSITIVE_INT,
+                                                            help="Also save last.pt every N steps.")] = None,
+    sample_length: Annotated[Optional[int], typer.Option(metavar="N", callback=options.not_negative, help=(
+        f"Characters of each progress sample; 0: none. \\[default: {TrainConfig.sample_length}]"))] = None,
     tokenizer: Annotated[Optional[TokenizerKind], typer.Option(
-        help="char, or a subword model: unigram, bpe. \\[default: char]", show_default=False)] = None,
-    vocab_size: Annotated[Optional[int], typer.Option(min=1, help="Vocabulary size (subword tokenizers; "
-                                                      "caps the characters kept for char).")] = None,
-    encoding: Annotated[str, typer.Option(help="Text encoding of the corpus.")] = "utf-8",
-    errors: Annotated[Errors, typer.Option(help="strict: undecodable bytes are an error; replace: U+FFFD.")] = Errors.strict,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<time>-<corpus>-<cell>]",
-                                                show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this checkpoint (or run folder).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Random seed. \\[default: {TrainConfig.seed}]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
+        metavar="KIND", show_default=False,
+        help="char, or a subword model: unigram, bpe. \\[default: char]")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        "Vocabulary size (subword tokenizers; caps the characters kept for char)."))] = None,
+    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of the corpus.")] = "utf-8",
+    errors: ErrorsOption = Errors.strict,
+    out: Annotated[Optional[Path], typer.Option(metavar="FOLDER", show_default=False,
+                                                help="Run folder. \\[default: runs/<time>-<corpus>-<cell>]")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        metavar="CKPT", help="Continue the run in this checkpoint (a run folder: its last.pt).")] = None,
+    seed: Annotated[Optional[int], typer.Option(metavar="N", help=(
+        f"Random seed. \\[default: {TrainConfig.seed}]"))] = None,
+    device: Annotated[Optional[str], typer.Option(metavar="NAME",
+                                                  help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
 ) -> None:
     """Train a model. With no stop given, it trains for one epoch.
 
     [bold]Examples[/]
 
-      charlm train --time-budget 60                  [dim]# the built-in Python corpus[/]
-      charlm train shakespeare.txt --cell gru --lr 0.003 --time-budget 300
-      charlm train notes/ --layers 2 --hidden 256 --epochs 5
-      charlm train --resume runs/my-run/last.pt --max-steps 20000
+    charlm train --time-budget 60               [dim]# the built-in Python corpus[/]
+    charlm train shakespeare.txt --cell gru --lr 0.003 --time-budget 300
+    charlm train notes/ --layers 2 --hidden 256 --epochs 5
+    charlm train --resume runs/my-run --max-steps 20000
     """
     from .corpus import open_corpus
     from .progress import RichReporter
@@ -151,6 +185,7 @@ def train(
     corpus = None
     if paths or resume is None:
         corpus = open_corpus(paths or [], encoding, errors.value)
+        _note_skipped(corpus)
     model_options = {"cell": cell.value if cell else None, "layers": layers, "hidden": hidden,
                      "embedding": embedding, "dropout": dropout}
     train_options = {
@@ -168,50 +203,71 @@ def train(
         print(best if best.exists() else result.out_dir / "last.pt")
 
 
-def _validate_top_p(value: float) -> float:
-    if not 0.0 < value <= 1.0:
-        raise typer.BadParameter(f"must be in (0, 1], got {value}")
-    return value
-
-
 def _validate_seed(value: int | None) -> int | None:
     if value is not None and not -(2**63) <= value < 2**64:  # what torch's generators accept
         raise typer.BadParameter(f"must fit in 64 bits, got {value}")
     return value
 
 
-@app.command()
+def _checkpoint(given: Path | None) -> dict:
+    """Load the checkpoint named, or the latest run's; when charlm picked the file (no
+    checkpoint named, or a run folder), say on stderr which one it used and what it holds."""
+    from .checkpoint import describe, find_in_run, latest_checkpoint, load_checkpoint
+
+    if given is None:
+        path = latest_checkpoint(RUNS_DIR)
+    elif given.is_dir():
+        path = find_in_run(given)
+    else:
+        return load_checkpoint(given)
+    payload = load_checkpoint(path)
+    _say(f"using {path} ({describe(payload)})")
+    return payload
+
+
+@app.command(cls=options.Command)
 def sample(
     checkpoint: Annotated[Optional[Path], typer.Argument(
-        help="Checkpoint file or run folder. \\[default: the latest run under runs/]", show_default=False)] = None,
-    temp: Annotated[float, typer.Option(min=0.0, help="Temperature; 0 always takes the likeliest character.")] = 0.8,
-    top_k: Annotated[int, typer.Option(min=0, help="Draw only from the k likeliest; 0: no limit.")] = 0,
-    top_p: Annotated[float, typer.Option(callback=_validate_top_p,
+        metavar="[CKPT]", show_default=False,
+        help="Checkpoint file or run folder. \\[default: the latest run under runs/]")] = None,
+    temp: Annotated[float, typer.Option(metavar="T", callback=options.not_negative,
+                                        help="Temperature; 0 always takes the likeliest character.")] = 0.8,
+    top_k: Annotated[int, typer.Option(metavar="K", callback=options.not_negative,
+                                       help="Draw only from the k likeliest; 0: no limit.")] = 0,
+    top_p: Annotated[float, typer.Option(metavar="P", callback=options.probability,
                                          help="Draw only from the smallest set with this much probability.")] = 1.0,
-    prime: Annotated[str, typer.Option(help="Text to start from; printed first.")] = "",
-    prime_file: Annotated[Optional[Path], typer.Option(help="Read the prime from this file.")] = None,
-    length: Annotated[int, typer.Option(min=0, help="Characters to generate per sample.")] = 500,
-    num_samples: Annotated[int, typer.Option(min=1, help="Samples, generated side by side.")] = 1,
-    seed: Annotated[Optional[int], typer.Option(callback=_validate_seed,
+    prime: Annotated[str, typer.Option(metavar="TEXT", callback=options.text_with_escapes,
+                                       help="Text to start from; printed first. \\n, \\t and \\\\ stand "
+                                            "for a newline, a tab and a backslash.")] = "",
+    prime_file: Annotated[Optional[Path], typer.Option(metavar="FILE",
+                                                       help="Read the prime from this file, as it is.")] = None,
+    length: Annotated[int, typer.Option(metavar="N", callback=options.not_negative,
+                                        help="Characters to generate per sample.")] = 500,
+    num_samples: Annotated[int, typer.Option(metavar="N", callback=options.positive,
+                                             help="Samples, generated side by side.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(metavar="N", callback=_validate_seed,
                                                 help="Random seed: the same seed gives the same text.")] = None,
-    stop: Annotated[Optional[str], typer.Option(help="End a sample right after it writes this string.")] = None,
+    stop: Annotated[Optional[str], typer.Option(
+        metavar="TEXT", callback=options.text_with_escapes,
+        help="End a sample right after it writes this text (\\n: a newline).")] = None,
     novelty: Annotated[Optional[Path], typer.Option(
+        metavar="CORPUS", show_default=False,
         help="Afterwards, show on stderr which share of the sampled 10-, 20- and 40-character "
-             "n-grams never occur in this training text (file or folder).", show_default=False)] = None,
+             "n-grams never occur in this training text (file or folder).")] = None,
     device: Device = "auto",
 ) -> None:
     """Generate text, streamed to stdout as it is made.
 
     [bold]Examples[/]
 
-      charlm sample --temp 0.8
-      charlm sample runs/my-run --prime "def " --length 300 --stop "\\n\\n"
-      charlm sample --num-samples 5 --top-p 0.9 --seed 1
-      charlm sample runs/my-run --novelty shakespeare.txt   [dim]# is it copying its corpus?[/]
+    charlm sample --temp 0.8
+    charlm sample runs/my-run --prime "def " --length 300 --stop "\\n\\n"
+    charlm sample --num-samples 5 --top-p 0.9 --seed 1
+    charlm sample --novelty shakespeare.txt     [dim]# is it copying its corpus?[/]
     """
     import torch
 
-    from .checkpoint import latest_checkpoint, load_checkpoint, model_from_checkpoint
+    from .checkpoint import model_from_checkpoint, trained_on_bytes
     from .sample import generate_batch, write_samples
     from .train import pick_device
 
@@ -221,17 +277,18 @@ def sample(
     if novelty is not None:
         from .corpus import open_corpus
 
-        novelty_corpus = open_corpus([novelty], "utf-8", "replace")  # checked before sampling starts
-    path = checkpoint if checkpoint is not None else latest_checkpoint(RUNS_DIR)
+        # checked before sampling starts
+        novelty_corpus = open_corpus([novelty], "utf-8", "replace", purpose="compare the samples with")
+    payload = _checkpoint(checkpoint)
     dev = pick_device(device)
-    model, tokenizer = model_from_checkpoint(load_checkpoint(path), dev)
+    model, tokenizer = model_from_checkpoint(payload, dev)
     generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)
     else:
         generator.seed()
     stream = generate_batch(model, tokenizer, prime, length, num_samples, temp, top_k, top_p,
-                            stop or None, generator, dev)
+                            stop or None, generator, dev, bytes_seen=trained_on_bytes(payload))
     try:
         texts = write_samples(stream, sys.stdout, prime, num_samples)
     except BrokenPipeError:  # charlm sample | head -1: the reader has all it wants
@@ -263,47 +320,52 @@ def _is_checkpoint(path: Path) -> bool:
         return False
 
 
-@app.command("eval")
+@app.command("eval", cls=options.Command)
 def eval_(
-    paths: Annotated[list[Path], typer.Argument(
-        help="Checkpoints (files or run folders) then text files; no checkpoint: the latest run.",
-        show_default=False)],
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    show: Annotated[bool, typer.Option(help="Show the text coloured by how surprised the model is.")] = False,
-    show_chars: Annotated[int, typer.Option(min=1, help="With --show: colour at most this many characters.")] = 3000,
-    encoding: Annotated[str, typer.Option(help="Text encoding of the files.")] = "utf-8",
-    errors: Annotated[Errors, typer.Option(help="strict or replace (undecodable bytes).")] = Errors.strict,
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        metavar="[CKPT]... FILE...", show_default=False,
+        help="Checkpoints (files or run folders), then text files. No checkpoint: the latest run.")] = None,
+    json_output: JsonOutput = False,
+    show: Annotated[bool, typer.Option("--show", help="Show the text coloured by how surprised the model is.")
+                    ] = False,
+    show_chars: Annotated[int, typer.Option(**POSITIVE_INT, help=(
+        "Colour at most this many characters, to the end of a line."))] = 3000,
+    html: Annotated[Optional[Path], typer.Option(metavar="PATH", show_default=False,
+                                                 help="Also write the coloured view as an HTML page.")] = None,
+    svg: Annotated[Optional[Path], typer.Option(metavar="PATH", show_default=False,
+                                                help="Also write the coloured view as an SVG image.")] = None,
+    encoding: Encoding = "utf-8",
+    errors: ErrorsOption = Errors.strict,
     device: Device = "auto",
 ) -> None:
     """Bits per character of held-out text, with the hidden state carried through it.
 
     [bold]Examples[/]
 
-      charlm eval runs/my-run/best.pt held-out.txt
-      charlm eval runs/lstm runs/gru held-out.txt      [dim]# a comparison table[/]
-      charlm eval held-out.txt --json                  [dim]# the latest run[/]
+    charlm eval runs/my-run/best.pt held-out.txt
+    charlm eval runs/lstm runs/gru held-out.txt  [dim]# a comparison table[/]
+    charlm eval held-out.txt --json              [dim]# the latest run[/]
+    charlm eval held-out.txt --show --html surprise.html
     """
-    from .checkpoint import latest_checkpoint
     from .corpus import open_corpus
     from .evaluate import evaluate_text
     from .render import eval_table, surprisal_text
     from .train import pick_device
 
+    paths = paths or []
     checkpoints = [p for p in paths if p.exists() and _is_checkpoint(p)]
     texts = [p for p in paths if p not in checkpoints]
     if not texts:
         raise UsageError("name at least one text file to evaluate on")
-    if not checkpoints:
-        checkpoints = [latest_checkpoint(RUNS_DIR)]
-    corpus = open_corpus(texts, encoding, errors.value)
+    corpus = open_corpus(texts, encoding, errors.value, purpose="evaluate")
+    _note_skipped(corpus)
+    loaded = [_checkpoint(ckpt) for ckpt in checkpoints] if checkpoints else [_checkpoint(None)]
     dev = pick_device(device)
-    results = []
-    for ckpt in checkpoints:
-        results.append(evaluate_text(ckpt, corpus, dev, keep_losses=show, show_chars=show_chars))
-    console = _stderr()
-    if show:
-        for report in results:
-            Console(highlight=False).print(surprisal_text(report, show_chars))
+    view = show or html is not None or svg is not None
+    results = [evaluate_text(payload, corpus, dev, keep_losses=view, show_chars=show_chars) for payload in loaded]
+    views = [surprisal_text(report, show_chars) for report in results] if view else []
+    if show:  # a view for people: on stderr when stdout carries JSON
+        Console(highlight=False, stderr=json_output).print(Group(*views))
     if json_output:
         if len(results) == 1:
             print(json.dumps(results[0].result.as_dict()))
@@ -311,7 +373,8 @@ def eval_(
             print(json.dumps([{"checkpoint": str(r.checkpoint), **r.result.as_dict()} for r in results]))
     else:
         Console().print(eval_table(results))
-    del console
+    if html is not None or svg is not None:
+        _export_views(views, html, svg, title="charlm eval")
 
 
 class Feature(str, Enum):
@@ -323,40 +386,48 @@ class Feature(str, Enum):
     word_position = "word-position"
 
 
-@app.command("inspect-neurons")
+@app.command("inspect-neurons", cls=options.Command)
 def inspect_neurons(
     paths: Annotated[Optional[list[Path]], typer.Argument(
-        help="[CKPT] [FILE]: a checkpoint or run folder (default: the latest run under runs/) and a text "
-             "file (default: a built-in sample of code and prose).", show_default=False)] = None,
-    text: Annotated[Optional[str], typer.Option(help="Inspect this text instead of a file.")] = None,
+        metavar="[CKPT] [FILE]", show_default=False,
+        help="A checkpoint or run folder (default: the latest run under runs/) and a text file "
+             "(default: a built-in sample of code and prose).")] = None,
+    text: Annotated[Optional[str], typer.Option(metavar="TEXT", help="Inspect this text instead of a file.")] = None,
     unit: Annotated[Optional[list[int]], typer.Option(
-        help="Colour the text by this unit (repeatable).", show_default=False)] = None,
+        metavar="N", show_default=False, help="Colour the text by this unit (repeatable).")] = None,
     layer: Annotated[Optional[int], typer.Option(
-        help="Layer, counted from 0. With --unit: \\[default: the top layer]; with --find: search only it.",
-        show_default=False)] = None,
+        metavar="N", show_default=False,
+        help="Layer, counted from 0. With --unit: \\[default: the top layer]; with --find: search only it.")] = None,
     state: Annotated[Optional[str], typer.Option(
+        metavar="NAME", show_default=False,
         help="h, or c (LSTM cell), or a gate: input, forget, output, candidate (LSTM); reset, update, "
-             "candidate (GRU). With --unit: \\[default: h]; with --find: search only it.", show_default=False)] = None,
+             "candidate (GRU). With --unit: \\[default: h]; with --find: search only it.")] = None,
     find: Annotated[Optional[Feature], typer.Option(
-        help="Rank every unit of every layer and state by how well it tracks this feature.",
-        show_default=False)] = None,
+        metavar="FEATURE", show_default=False,
+        help="Rank every unit of every layer and state by how well it tracks this feature: "
+             + ", ".join(f.value for f in Feature) + ".")] = None,
     find_regex: Annotated[Optional[str], typer.Option(
-        help="Rank units by how well they track the matches of this regular expression.",
-        show_default=False)] = None,
-    top: Annotated[int, typer.Option(min=0, help="Rows of the ranking (and of --json); 0: all.")] = 10,
-    show: Annotated[int, typer.Option(min=0, help="Colour the text by this many of the best units.")] = 2,
-    show_chars: Annotated[int, typer.Option(min=1, help="Colour at most this many characters.")] = 2000,
+        metavar="REGEX", show_default=False,
+        help="Rank units by how well they track the matches of this regular expression.")] = None,
+    top: Annotated[int, typer.Option(metavar="N", callback=options.not_negative,
+                                     help="Rows of the ranking (and of --json); 0: all.")] = 10,
+    show: Annotated[int, typer.Option(metavar="N", callback=options.not_negative,
+                                      help="Colour the text by this many of the best units.")] = 2,
+    show_chars: Annotated[int, typer.Option(**POSITIVE_INT, help=(
+        "Colour at most this many characters, to the end of a line."))] = 2000,
     saturation: Annotated[bool, typer.Option(
+        "--saturation",
         help="How often each gate unit is saturated (below 0.1, above 0.9): a table and scatter plots.")] = False,
     predictions: Annotated[bool, typer.Option(
-        help="Show the model's three likeliest next characters under each character.")] = False,
+        "--predictions",
+        help="Under each character, the model's three likeliest guesses for it, made before reading it.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the ranking (or what was asked) as JSON.")] = False,
-    html: Annotated[Optional[Path], typer.Option(help="Also write the coloured view as an HTML page.",
-                                                 show_default=False)] = None,
-    svg: Annotated[Optional[Path], typer.Option(help="Also write the coloured view as an SVG image.",
-                                                show_default=False)] = None,
-    encoding: Annotated[str, typer.Option(help="Text encoding of FILE.")] = "utf-8",
-    errors: Annotated[Errors, typer.Option(help="strict or replace (undecodable bytes).")] = Errors.strict,
+    html: Annotated[Optional[Path], typer.Option(metavar="PATH", show_default=False,
+                                                 help="Also write the coloured view as an HTML page.")] = None,
+    svg: Annotated[Optional[Path], typer.Option(metavar="PATH", show_default=False,
+                                                help="Also write the coloured view as an SVG image.")] = None,
+    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of FILE.")] = "utf-8",
+    errors: ErrorsOption = Errors.strict,
     device: Device = "auto",
 ) -> None:
     """Colour text by single hidden units, and find the units that track brackets, quotes, lines.
@@ -367,16 +438,15 @@ def inspect_neurons(
 
     [bold]Examples[/]
 
-      charlm inspect-neurons                                 [dim]# latest run, built-in sample[/]
-      charlm inspect-neurons --find in-string --top 5
-      charlm inspect-neurons runs/my-run code.py --find bracket-depth --svg brackets.svg
-      charlm inspect-neurons --unit 17 --unit 42 --state c --predictions
-      charlm inspect-neurons --find-regex "[0-9]+" --json
-      charlm inspect-neurons --saturation
+    charlm inspect-neurons                      [dim]# latest run, built-in text[/]
+    charlm inspect-neurons --find in-string --top 5
+    charlm inspect-neurons runs/my-run code.py --find bracket-depth --svg b.svg
+    charlm inspect-neurons --unit 17 --unit 42 --state c --predictions
+    charlm inspect-neurons --find-regex "[0-9]+" --json
+    charlm inspect-neurons --saturation
     """
     from contextlib import nullcontext
 
-    from .checkpoint import latest_checkpoint
     from .corpus import open_corpus
     from .features import BUILTIN_TEXT
     from .neurons import InspectOptions, inspect
@@ -393,15 +463,15 @@ def inspect_neurons(
     if json_output and (find or find_regex is not None) and saturation:
         raise UsageError("--json: prints one result; use it with --find or with --saturation, not both")
     if text is None:
-        text = open_corpus(files, encoding, errors.value).read() if files else BUILTIN_TEXT
-    options = InspectOptions(units=unit or [], layer=layer, state=state, find=find.value if find else None,
-                             find_regex=find_regex, top=top, show=show, saturation=saturation,
-                             predictions=predictions, show_chars=show_chars)
+        text = open_corpus(files, encoding, errors.value, purpose="inspect").read() if files else BUILTIN_TEXT
+    options_ = InspectOptions(units=unit or [], layer=layer, state=state, find=find.value if find else None,
+                              find_regex=find_regex, top=top, show=show, saturation=saturation,
+                              predictions=predictions, show_chars=show_chars)
+    payload = _checkpoint(checkpoints[0] if checkpoints else None)
     console = _stderr()
     bar = RichReporter(console).task("inspecting") if console.is_terminal else nullcontext(None)
     with bar as advance:
-        report = inspect(checkpoints[0] if checkpoints else latest_checkpoint(RUNS_DIR), text, options,
-                         pick_device(device), on_progress=advance)
+        report = inspect(payload, text, options_, pick_device(device), on_progress=advance)
     parts = inspect_renderables(report)
     if json_output:
         print(json.dumps(report.as_json()))
@@ -411,7 +481,7 @@ def inspect_neurons(
         _export_views(parts, html, svg)
 
 
-def _export_views(parts: list, html: Path | None, svg: Path | None) -> None:
+def _export_views(parts: list, html: Path | None, svg: Path | None, title: str = "charlm inspect-neurons") -> None:
     """Write what the terminal shows as a page and/or an image."""
     from .render import export_views
 
@@ -421,57 +491,68 @@ def _export_views(parts: list, html: Path | None, svg: Path | None) -> None:
         if path is None:
             continue
         try:
-            path.write_text(export_views(parts, kind, width), encoding="utf-8")
+            path.write_text(export_views(parts, kind, width, title=title), encoding="utf-8")
         except OSError as e:
             raise CharlmError(f"--{kind} {path}: cannot write: {e.strerror}") from None
-        _stderr().print(f"wrote {path}", style="dim", markup=False, highlight=False)
+        _say(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=options.Command)
 def compare(
     paths: Annotated[Optional[list[Path]], typer.Argument(
-        help="Text files or folders. None: the Python standard library's source.", show_default=False)] = None,
-    cells: Annotated[str, typer.Option(help="Cells to train, comma-separated.")] = "rnn,gru,lstm",
+        metavar="[PATHS]...", show_default=False,
+        help="Text files or folders. None: the Python standard library's source.")] = None,
+    cells: Annotated[str, typer.Option(metavar="LIST", help="Cells to train, comma-separated.")] = "rnn,gru,lstm",
     time_budget: Annotated[Optional[float], typer.Option(
-        help="Seconds of training per cell. \\[default: 60, unless --max-steps is given]", show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Steps of training per cell.")] = None,
+        metavar="SECONDS", callback=options.positive, show_default=False,
+        help="Seconds of training per cell. \\[default: 60, unless --max-steps is given]")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help="Steps of training per cell.")] = None,
     params: Annotated[Optional[int], typer.Option(
-        min=1, help="Match parameter counts: each cell gets the hidden size that gives about this many.")] = None,
+        **POSITIVE_INT, help="Match parameter counts: each cell gets the hidden size that gives about this many.")
+    ] = None,
     hidden: Annotated[Optional[int], typer.Option(
-        min=1, help=f"The same hidden size for every cell. \\[default: {ModelConfig.hidden}]", show_default=False)] = None,
-    layers: Annotated[Optional[int], typer.Option(min=1, help=f"Stacked recurrent layers. \\[default: {ModelConfig.layers}]")] = None,
-    embedding: Annotated[Optional[int], typer.Option(min=1, help=f"Embedding size. \\[default: {ModelConfig.embedding}]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Parallel text streams. \\[default: {TrainConfig.batch_size}]")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(
-        min=1, help=f"Characters per truncated-BPTT chunk. \\[default: {TrainConfig.seq_len}]")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {TrainConfig.lr}]")] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(
-        min=0.0, help=f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]")] = None,
-    sample_length: Annotated[Optional[int], typer.Option(
-        min=0, help=f"Characters of each progress sample; 0: none. \\[default: {TrainConfig.sample_length}]")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(
-        help=f"Share of the text held out, from its end. \\[default: {TrainConfig.val_fraction}]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Random seed, the same for every cell. \\[default: {TrainConfig.seed}]")] = None,
+        **POSITIVE_INT, show_default=False,
+        help=f"The same hidden size for every cell. \\[default: {ModelConfig.hidden}]")] = None,
+    layers: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        f"Stacked recurrent layers. \\[default: {ModelConfig.layers}]"))] = None,
+    embedding: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        f"Embedding size. \\[default: {ModelConfig.embedding}]"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        f"Parallel text streams. \\[default: {TrainConfig.batch_size}]"))] = None,
+    seq_len: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
+        f"Characters per truncated-BPTT chunk. \\[default: {TrainConfig.seq_len}]"))] = None,
+    lr: Annotated[Optional[float], typer.Option(metavar="RATE", callback=options.positive, help=(
+        f"Peak learning rate. \\[default: {TrainConfig.lr}]"))] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(metavar="NORM", callback=options.not_negative, help=(
+        f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]"))] = None,
+    sample_length: Annotated[Optional[int], typer.Option(metavar="N", callback=options.not_negative, help=(
+        f"Characters of each progress sample; 0: none. \\[default: {TrainConfig.sample_length}]"))] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(metavar="X", callback=options.below_one, help=(
+        f"Share of the text held out, from its end. \\[default: {TrainConfig.val_fraction}]"))] = None,
+    seed: Annotated[Optional[int], typer.Option(metavar="N", help=(
+        f"Random seed, the same for every cell. \\[default: {TrainConfig.seed}]"))] = None,
     out: Annotated[Optional[Path], typer.Option(
-        help="Folder for the runs, one sub-folder per cell. \\[default: runs/<time>-compare-<corpus>]",
-        show_default=False)] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
-    encoding: Annotated[str, typer.Option(help="Text encoding of the corpus.")] = "utf-8",
-    errors: Annotated[Errors, typer.Option(help="strict or replace (undecodable bytes).")] = Errors.strict,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
+        metavar="FOLDER", show_default=False,
+        help="Folder for the runs, one sub-folder per cell. \\[default: runs/<time>-compare-<corpus>]")] = None,
+    json_output: JsonOutput = False,
+    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of the corpus.")] = "utf-8",
+    errors: ErrorsOption = Errors.strict,
+    device: Annotated[Optional[str], typer.Option(metavar="NAME",
+                                                  help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
 ) -> None:
     """Train several cells on the same text, split, budget and seed, and compare them in one table.
 
     [bold]Examples[/]
 
-      charlm compare --time-budget 60                     [dim]# rnn, gru, lstm on the built-in corpus[/]
-      charlm compare shakespeare.txt --params 100000      [dim]# hidden sizes chosen to match parameters[/]
-      charlm compare notes.txt --cells gru,lstm --hidden 256 --max-steps 500
+    charlm compare --time-budget 60             [dim]# rnn, gru, lstm, built-in text[/]
+    charlm compare shakespeare.txt --params 100000  [dim]# matched parameters[/]
+    charlm compare notes.txt --cells gru,lstm --hidden 256 --max-steps 500
     """
     from .compare import compare_cells, comparison_table, loss_chart, parse_cells
     from .corpus import open_corpus
 
     corpus = open_corpus(paths or [], encoding, errors.value)
+    _note_skipped(corpus)
     model_options = {"hidden": hidden, "layers": layers, "embedding": embedding}
     train_options = {"time_budget": time_budget, "max_steps": max_steps, "batch_size": batch_size,
                      "seq_len": seq_len, "lr": lr, "grad_clip": grad_clip, "sample_length": sample_length,
@@ -486,16 +567,18 @@ def compare(
         console.print(loss_chart(comparison))
 
 
-@app.command("gradient-flow")
+@app.command("gradient-flow", cls=options.Command)
 def gradient_flow(
-    paths: Annotated[list[Path], typer.Argument(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        metavar="CKPT... [FILE]...", show_default=False,
         help="Checkpoints (files or run folders), then optionally text files; no text: each checkpoint's "
-             "own training text.", show_default=False)],
-    max_k: Annotated[int, typer.Option(min=0, help="How many steps back to measure (K).")] = 200,
-    positions: Annotated[int, typer.Option(min=1, help="Positions of the text to average over.")] = 128,
+             "own training text.")] = None,
+    max_k: Annotated[int, typer.Option(metavar="K", callback=options.not_negative,
+                                       help="How many steps back to measure.")] = 200,
+    positions: Annotated[int, typer.Option(**POSITIVE_INT, help="Positions of the text to average over.")] = 128,
     json_output: Annotated[bool, typer.Option("--json", help="Print the curves as JSON on stdout.")] = False,
-    encoding: Annotated[str, typer.Option(help="Text encoding of the files.")] = "utf-8",
-    errors: Annotated[Errors, typer.Option(help="strict or replace (undecodable bytes).")] = Errors.strict,
+    encoding: Encoding = "utf-8",
+    errors: ErrorsOption = Errors.strict,
     device: Device = "auto",
 ) -> None:
     """How the gradient of the loss at step t shrinks or grows with the hidden state k steps back.
@@ -504,25 +587,59 @@ def gradient_flow(
 
     [bold]Examples[/]
 
-      charlm gradient-flow runs/cmp/rnn runs/cmp/gru runs/cmp/lstm
-      charlm gradient-flow runs/my-run held-out.txt --max-k 300 --json
+    charlm gradient-flow runs/cmp/rnn runs/cmp/gru runs/cmp/lstm
+    charlm gradient-flow runs/my-run held-out.txt --max-k 300 --json
     """
     from .corpus import open_corpus
     from .gradflow import flow_chart
     from .gradflow import gradient_flow as measure_flow
     from .train import pick_device
 
+    paths = paths or []
     checkpoints = [p for p in paths if p.exists() and _is_checkpoint(p)]
     texts = [p for p in paths if p not in checkpoints]
     if not checkpoints:
         raise UsageError("name at least one checkpoint or run folder")
-    corpus = open_corpus(texts, encoding, errors.value) if texts else None
+    corpus = open_corpus(texts, encoding, errors.value, purpose="measure") if texts else None
+    if corpus is not None:
+        _note_skipped(corpus)
     dev = pick_device(device)
     flows = [measure_flow(ckpt, corpus, max_k, positions, device=dev) for ckpt in checkpoints]
     if json_output:
         print(json.dumps([flow.as_dict() for flow in flows]))
     else:
         Console().print(flow_chart(flows))
+
+
+@app.command(cls=options.Command)
+def download(
+    corpus: Annotated[Optional[str], typer.Argument(
+        metavar="CORPUS", show_default=False,
+        help="Which corpus: tinyshakespeare or korean.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        metavar="PATH", show_default=False,
+        help="Where to write it. \\[default: <corpus>.txt in the current folder]")] = None,
+    base_url: Annotated[Optional[str], typer.Option(
+        metavar="URL", show_default=False, envvar="CHARLM_DOWNLOAD_BASE",
+        help="Fetch from this mirror of raw.githubusercontent.com instead.")] = None,
+) -> None:
+    """Fetch a corpus the docs use, from its pinned source, and check its SHA-256.
+
+    The file is written only once it is whole and its checksum is right.
+
+    [bold]Examples[/]
+
+    charlm download tinyshakespeare             [dim]# writes tinyshakespeare.txt[/]
+    charlm download korean --out data/korean.txt
+    """
+    from .download import CORPORA, fetch_corpus
+
+    if corpus is None or corpus not in CORPORA:
+        known = ", ".join(CORPORA)
+        raise UsageError(f"name a corpus to download: {known}" if corpus is None else
+                         f"unknown corpus {corpus!r}; choose one of {known}")
+    path = fetch_corpus(corpus, out, base_url, on_message=_say)
+    print(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,7 +135,7 @@ def test_every_command_refuses_a_hostile_checkpoint_in_one_line(tmp_path, capsys
     text.write_text("some held-out text\n")
     rc = main([part.format(evil=evil, text=text) for part in command])
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 2  # a file that is not plain data is bad input
     assert err.count("\n") == 1 and err.startswith("charlm: ") and str(evil) in err
     assert "refused" in err
     assert not target.exists()
@@ -198,7 +198,7 @@ def test_an_unknown_format_or_version_is_a_clear_error(tmp_path, small_run, caps
     torch.save(payload, path)
     with pytest.raises(CharlmError, match=re.escape(words)):
         load_checkpoint(path)
-    assert cli("sample", path) == 1
+    assert cli("sample", path) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and words in err
 
