@@ -68,7 +68,8 @@ def hidden_for_params(cell: str, params: int, vocab: int, embedding: int, layers
     c = vocab * embedding + outputs - params
     fixed = vocab * embedding + vocab + vocab  # what even hidden = 1 costs besides the cell
     if c >= 0:
-        raise UsageError(f"--params {params}: too few for a vocabulary of {vocab} characters "
+        # vocab counts the 256 byte-fallback tokens too: call them tokens, not characters
+        raise UsageError(f"--params {params}: too few for a vocabulary of {vocab:,} tokens "
                          f"(the embedding and output layer alone take about {fixed:,})")
     root = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
     candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
