@@ -412,7 +412,8 @@ def inspect(checkpoint: Path | str | dict, text: str, options: InspectOptions, d
     if not text:
         raise UsageError("the text to inspect is empty")
     aligned = align_text(tokenizer, text)
-    report = InspectReport(str(payload["path"]), config, len(aligned.text), cut_at_line(aligned.text, options.show_chars))
+    shown_text = cut_at_line(aligned.text, options.show_chars)  # to the end of a line
+    report = InspectReport(str(payload["path"]), config, len(aligned.text), shown_text)
     search = options.find is not None or options.find_regex is not None
     overview = not (search or options.units or options.saturation or options.predictions)
     layers = [options.layer] if options.layer is not None else list(range(config.layers))

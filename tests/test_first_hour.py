@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import json
-import math
 import os
 import re
 import signal
@@ -539,7 +537,8 @@ def test_17_the_korean_corpus_is_rebuilt_as_its_sources_note_says():
 
     first = '{"doc_id": "1_0", "text": "첫째 줄\\r\\n둘째 줄"}\n{"doc_id": "1_1", "text": "셋째"}\n'
     second = '{"doc_id": "2_0", "text": "다른 이야기"}\n'
-    assert _korean_text([first.encode(), second.encode()]).decode() == "첫째 줄\n둘째 줄\n셋째\n\n다른 이야기\n"
+    rebuilt = _korean_text([first.encode(), second.encode()]).decode()
+    assert rebuilt == "첫째 줄\n둘째 줄\n셋째\n\n다른 이야기\n"
 
 
 def test_17_the_docs_say_where_each_corpus_comes_from_and_use_todays_defaults():
