@@ -2,7 +2,7 @@
 
 Products (sampled text, JSON, checkpoint paths) go to stdout; progress, tables meant for
 people and messages go to stderr, so pipes work. Errors are one line on stderr: exit 2 for
-bad usage, 1 for runtime failures, no traceback unless CHARLM_DEBUG=1.
+bad input or usage, 1 for runtime failures, no traceback unless CHARLM_DEBUG=1.
 """
 
 from __future__ import annotations

@@ -7,12 +7,14 @@ traceback unless CHARLM_DEBUG=1.
 
 
 class CharlmError(Exception):
-    """Something went wrong while running (bad file contents, full disk...): exit 1."""
+    """Something went wrong while running (a full disk, a diverged or interrupted run, a failed
+    download): exit 1."""
 
     exit_code = 1
 
 
 class UsageError(CharlmError):
-    """The command line asked for something impossible (missing file, bad size...): exit 2."""
+    """Bad input: a file or option value that cannot be used (missing, empty, binary,
+    undecodable or damaged file; nan, infinite or out-of-range number...): exit 2."""
 
     exit_code = 2
