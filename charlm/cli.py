@@ -18,7 +18,7 @@ import typer
 from rich.console import Console, Group
 
 from . import __version__
-from .config import LONG_RUN, LONG_RUN_PASSES, ModelConfig, TrainConfig
+from .config import DROPOUT_BY_PASSES, LR_BY_CELL, LR_STEADY_STEPS, TOKENS_PER_PARAM, WIDTHS, ModelConfig, TrainConfig
 from .errors import CharlmError, UsageError
 
 try:  # typer >= 0.20 carries its own copy of click, whose exceptions are not click's
@@ -60,6 +60,12 @@ class Schedule(str, Enum):
     constant = "constant"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Errors(str, Enum):
     strict = "strict"
     replace = "replace"
@@ -83,6 +89,20 @@ def _root(
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 
 
+def _lr_default() -> str:
+    """The learning rate's default, as the help shows it (config.py holds the figures)."""
+    rates = ", ".join(f"{cell} {rate:g}" for cell, rate in LR_BY_CELL.items())
+    longer = [f"a {cell.upper()} run of more than {steps:,.0f} steps gets it times sqrt({steps:.0f} / its steps)"
+              for cell, steps in LR_STEADY_STEPS.items() if steps != float("inf")]
+    return f"the cell's: {rates}" + ("; " + "; ".join(longer) if longer else "")
+
+
+HIDDEN_DEFAULT = (f"the widest of {', '.join(map(str, WIDTHS))} that the run feeds {TOKENS_PER_PARAM:g} "
+                  "tokens per parameter, unless --layers or --dropout is given")
+DROPOUT_DEFAULT = "by the passes the run makes over its text: " + ", ".join(
+    f"{dropout:g} up to {most:g}" if most != float("inf") else f"{dropout:g} beyond" for most, dropout in DROPOUT_BY_PASSES)
+
+
 @app.command()
 def train(
     paths: Annotated[Optional[list[Path]], typer.Argument(
@@ -91,16 +111,14 @@ def train(
     cell: Annotated[Optional[Cell], typer.Option(help="Recurrent cell. \\[default: lstm]", show_default=False)] = None,
     layers: Annotated[Optional[int], typer.Option(min=1, help=f"Stacked recurrent layers. \\[default: {ModelConfig.layers}]")] = None,
     hidden: Annotated[Optional[int], typer.Option(min=1, help=(
-        f"Hidden units per layer. \\[default: {ModelConfig.hidden}; {LONG_RUN['hidden']} for a run that reads its "
-        f"text more than {LONG_RUN_PASSES:g} times, unless --hidden, --layers or --dropout is given]"))] = None,
+        f"Hidden units per layer. \\[default: {HIDDEN_DEFAULT}]"))] = None,
     embedding: Annotated[Optional[int], typer.Option(min=1, help=f"Embedding size. \\[default: {ModelConfig.embedding}]")] = None,
     dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, help=(
-        f"Dropout probability. \\[default: {ModelConfig.dropout}; {LONG_RUN['dropout']} where --hidden gets "
-        f"{LONG_RUN['hidden']}]"))] = None,
+        f"Dropout probability. \\[default: {DROPOUT_DEFAULT}; 0 with --hidden or --layers]"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Parallel text streams. \\[default: {TrainConfig.batch_size}]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(min=1,
                                                    help=f"Characters per BPTT chunk. \\[default: {TrainConfig.seq_len}]")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {TrainConfig.lr}]")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {_lr_default()}]")] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(
         help="Learning-rate decay after warmup. \\[default: linear]", show_default=False)] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(min=0, help="Warmup steps; with a decaying schedule, at most "
@@ -130,13 +148,17 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this checkpoint (or run folder).")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed. \\[default: {TrainConfig.seed}]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(
+        help="Arithmetic of a training step: bf16 autocast, or float32. auto: bf16 on a GPU, and for an "
+             "LSTM on a CPU with native bf16 (AVX512-BF16, AMX); float32 elsewhere. Weights, checkpoints "
+             "and evaluation stay float32. \\[default: auto]", show_default=False)] = None,
 ) -> None:
     """Train a model. With no stop given, it trains for one epoch.
 
     [bold]Examples[/]
 
       charlm train --time-budget 60                  [dim]# the built-in Python corpus[/]
-      charlm train shakespeare.txt --cell gru --lr 0.003 --time-budget 300
+      charlm train shakespeare.txt --cell gru --time-budget 300
       charlm train notes/ --layers 2 --hidden 256 --epochs 5
       charlm train --resume runs/my-run/last.pt --max-steps 20000
     """
@@ -159,7 +181,7 @@ def train(
         "max_steps": max_steps, "epochs": epochs, "time_budget": time_budget, "val_fraction": val_fraction,
         "checkpoint_every": checkpoint_every, "sample_length": sample_length,
         "tokenizer": tokenizer.value if tokenizer else None, "vocab_size": vocab_size, "seed": seed,
-        "device": device,
+        "device": device, "precision": precision.value if precision else None,
     }
     result = run_training(corpus, model_options, train_options, out=out, resume=resume, runs_dir=RUNS_DIR,
                           reporter=RichReporter(_stderr()))
@@ -444,7 +466,7 @@ def compare(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Parallel text streams. \\[default: {TrainConfig.batch_size}]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(
         min=1, help=f"Characters per truncated-BPTT chunk. \\[default: {TrainConfig.seq_len}]")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {TrainConfig.lr}]")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {_lr_default()}]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(
         min=0.0, help=f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]")] = None,
     sample_length: Annotated[Optional[int], typer.Option(
