@@ -58,6 +58,15 @@ GRIDS = {
     "warmup-b": [{"warmup_steps": 300}, {"warmup_steps": 100, "batch_size": 32, "seq_len": 32}],
     "seed-a": [{"seed": 7, "warmup_steps": 30}, {"seed": 11, "warmup_steps": 30}],
     "seed-b": [{"seed": 7, "warmup_steps": 200}, {"seed": 11, "warmup_steps": 200}],
+    # Round 2. A "chars" key gives that configuration its own length: the characters it reads
+    # in the time the default model reads --chars (one-thread float32 speeds; bench/README.md).
+    "width-107": [{"hidden": 256, "chars": 3_300_000}, {"hidden": 384, "chars": 1_600_000},
+                  {"hidden": 384, "dropout": 0.1, "chars": 1_600_000}, {"hidden": 512, "chars": 1_100_000}],
+    "dropout-512": [{"hidden": 512, "dropout": d, "chars": 2_600_000} for d in (0.0, 0.1, 0.2)],
+    "gru-long": [{"cell": "gru", "lr": lr, "chars": 6_144_000} for lr in (1e-2, 5e-3, 3e-3)],
+    "gru-512": [{"cell": "gru", "hidden": 512, "dropout": 0.2, "lr": 7e-3, "chars": 3_700_000}],
+    "lstm-long": [{"lr": lr, "chars": 6_144_000} for lr in (1e-2, 5e-3)],
+    "rnn-long": [{"cell": "rnn", "chars": 6_144_000}, {"cell": "rnn", "schedule": "constant", "chars": 6_144_000}],
 }
 MODEL_KEYS = {"cell", "layers", "hidden", "embedding", "dropout"}
 
@@ -66,7 +75,8 @@ def run_one(train_file: Path, val_file: Path, options: dict, budget: float | Non
             out: Path) -> dict:
     model = {k: v for k, v in options.items() if k in MODEL_KEYS}
     model.setdefault("hidden", ModelConfig.hidden)  # named, so that a long run keeps the model it tunes
-    config = {k: v for k, v in options.items() if k not in MODEL_KEYS}
+    config = {k: v for k, v in options.items() if k not in MODEL_KEYS and k != "chars"}
+    chars = options.get("chars", chars)
     config.update(val_fraction=0.0, sample_length=0)
     if budget:
         config["time_budget"] = budget
@@ -80,7 +90,19 @@ def run_one(train_file: Path, val_file: Path, options: dict, budget: float | Non
     report = evaluate_text(out / "last.pt", open_corpus([val_file]))
     return {"options": options, "val_nats": round(report.result.nats_per_char, 4), "steps": result.steps,
             "train_seconds": round(result.elapsed, 1), "wall": round(time.time() - start, 1),
-            "chars_per_sec": round(result.chars_per_sec)}
+            "chars_per_sec": round(result.chars_per_sec), **gradient_trace(out / "log.jsonl")}
+
+
+def gradient_trace(log: Path) -> dict:
+    """What shows a run diverging: its largest windowed gradient norm (and the step), the
+    first step whose window passed 10x the clip, and the training loss at the end."""
+    windows = [e for e in map(json.loads, log.read_text(encoding="utf-8").splitlines()) if "grad_norm" in e]
+    if not windows:
+        return {}
+    worst = max(windows, key=lambda e: e["grad_norm"])
+    first_big = next((e["step"] for e in windows if e["grad_norm"] > 10), None)
+    return {"max_grad_norm": float(f"{worst['grad_norm']:.3g}"), "at_step": worst["step"],
+            "grad_norm_over_10_from": first_big, "last_loss": round(windows[-1]["loss"], 4)}
 
 
 def main() -> None:
