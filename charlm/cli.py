@@ -92,12 +92,16 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 def _lr_default() -> str:
     """The learning rate's default, as the help shows it (config.py holds the figures)."""
     rates = ", ".join(f"{cell} {rate:g}" for cell, rate in LR_BY_CELL.items())
-    longer = [f"a {cell.upper()} run of more than {steps:,.0f} steps gets it times sqrt({steps:.0f} / its steps)"
-              for cell, steps in LR_STEADY_STEPS.items() if steps != float("inf")]
+    by_steps: dict[float, list[str]] = {}
+    for cell, steps in LR_STEADY_STEPS.items():
+        if steps != float("inf"):
+            by_steps.setdefault(steps, []).append(cell.upper())
+    longer = [f"a {' or '.join(cells)} run of more than {steps:,.0f} steps gets it times sqrt({steps:.0f} / steps)"
+              for steps, cells in by_steps.items()]
     return f"the cell's: {rates}" + ("; " + "; ".join(longer) if longer else "")
 
 
-HIDDEN_DEFAULT = (f"the widest of {', '.join(map(str, WIDTHS))} that the run feeds {TOKENS_PER_PARAM:g} "
+HIDDEN_DEFAULT = (f"the one of {', '.join(map(str, WIDTHS))} that the run feeds closest to {TOKENS_PER_PARAM:g} "
                   "tokens per parameter, unless --layers or --dropout is given")
 DROPOUT_DEFAULT = "by the passes the run makes over its text: " + ", ".join(
     f"{dropout:g} up to {most:g}" if most != float("inf") else f"{dropout:g} beyond" for most, dropout in DROPOUT_BY_PASSES)

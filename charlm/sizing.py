@@ -5,11 +5,12 @@ reads fewer characters in the same time, and a model that reads its text many ti
 memorizes it. charlm settles it with rules measured by characters seen (bench/tune.py,
 bench/README.md), so that they hold on any machine:
 
-- width: the widest of WIDTHS that the run would feed at least TOKENS_PER_PARAM training
-  tokens per parameter. Under --time-budget the tokens each width would read come from
-  timing a few real training steps of it on the run's device, at the run's precision and
-  thread count: a faster machine, or bf16, gets a wider model for the same budget. Under
-  --epochs or --max-steps they are known without timing.
+- width: the one of WIDTHS whose training tokens per parameter come closest (by ratio) to
+  TOKENS_PER_PARAM: a narrower model would have read its text too often for what it can
+  hold, a wider one too little for what it could learn. Under --time-budget the tokens
+  each width would read come from timing a few real training steps of it on the run's
+  device, at the run's precision and thread count: a faster machine, or bf16, gets a
+  wider model for the same budget. Under --epochs or --max-steps they are known.
 - dropout: by how many times the chosen model will read its text (DROPOUT_BY_PASSES).
 - learning rate: the cell's (LR_BY_CELL) up to LR_STEADY_STEPS steps of the run, then
   falling as one over the square root of the run's steps: a GRU at 0.01 for ten minutes
@@ -68,19 +69,26 @@ def plan_run(model_config: ModelConfig, config: TrainConfig, train_tokens: np.nd
 
 def choose_model(model_config: ModelConfig, config: TrainConfig, n_train: int, world: int,
                  time_step: Callable[[ModelConfig], float]) -> tuple[ModelConfig, str | None]:
-    """The widest of WIDTHS the run feeds TOKENS_PER_PARAM tokens per parameter, with the dropout
-    for its passes over the text; with the reason when that is not `model_config`.
+    """The width of WIDTHS whose tokens per parameter come closest to TOKENS_PER_PARAM, with the
+    dropout for its passes over the text; with the reason when that is not `model_config`.
     `time_step(model)` gives the seconds of one step of `model`, and is called only under a
     time budget, from the narrowest width up, while wider ones still have a chance."""
     from .model import CharRNN
 
-    chosen, tokens = None, 0.0
+    candidates = []
     for width in WIDTHS:
         candidate = replace(model_config, hidden=width, dropout=0.0)
-        reads = planned_tokens(config, n_train, world, lambda: time_step(candidate))
-        if chosen is not None and reads < TOKENS_PER_PARAM * CharRNN(candidate).num_params():
-            break  # a wider model reads fewer tokens still, for more parameters
-        chosen, tokens = candidate, reads
+        candidates.append(candidate)
+        if planned_tokens(config, n_train, world, lambda: time_step(candidate)) <= \
+                TOKENS_PER_PARAM * CharRNN(candidate).num_params():
+            break  # wider models read fewer tokens still, for more parameters: further off
+
+    def off(candidate: ModelConfig) -> float:  # how far its tokens per parameter are from the goal, as a log ratio
+        reads = planned_tokens(config, n_train, world, lambda: time_step(candidate))  # timed once, above
+        return abs(math.log(reads / CharRNN(candidate).num_params() / TOKENS_PER_PARAM))
+
+    chosen = min(candidates, key=off)
+    tokens = planned_tokens(config, n_train, world, lambda: time_step(chosen))
     passes = tokens / n_train
     chosen = replace(chosen, dropout=dropout_for(passes))
     if (chosen.hidden, chosen.dropout) == (model_config.hidden, model_config.dropout):
@@ -117,18 +125,28 @@ def planned_tokens(config: TrainConfig, n_train: int, world: int, time_step: Cal
 
 
 class _StepTimer:
-    """Seconds per step of each model tried, timed once each (seconds_per_step)."""
+    """Seconds per step of each model tried (seconds_per_step), the fastest of its timings.
+
+    A model timed after another is followed by a second timing of that other one, so that
+    a machine whose load changes during the probes slows both alike, not only the first."""
 
     def __init__(self, config: TrainConfig, train_tokens: np.ndarray, device: torch.device):
         self.config, self.train_tokens, self.device = config, train_tokens, device
-        self.timed: dict[str, float] = {}
+        self.timed: dict[str, tuple[ModelConfig, float]] = {}
 
     def __call__(self, model_config: ModelConfig) -> float:
         model_config = replace(model_config, dropout=0.0)  # dropout costs next to nothing
         key = repr(model_config)
         if key not in self.timed:
-            self.timed[key] = seconds_per_step(model_config, self.config, self.train_tokens, self.device)
-        return self.timed[key]
+            previous = next(reversed(self.timed.items()), None)
+            self.timed[key] = (model_config, self._time(model_config))
+            if previous is not None:
+                other, seconds = previous[1]
+                self.timed[previous[0]] = (other, min(seconds, self._time(other)))
+        return self.timed[key][1]
+
+    def _time(self, model_config: ModelConfig) -> float:
+        return seconds_per_step(model_config, self.config, self.train_tokens, self.device)
 
 
 def seconds_per_step(model_config: ModelConfig, config: TrainConfig, train_tokens: np.ndarray,

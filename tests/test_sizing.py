@@ -15,7 +15,8 @@ from charlm.config import (DROPOUT_BY_PASSES, LR_BY_CELL, LR_STEADY_STEPS, TOKEN
                            TrainConfig)
 from charlm.corpus import open_corpus
 from charlm.model import CharRNN
-from charlm.sizing import choose_model, dropout_for, learning_rate, plan_run, planned_tokens, seconds_per_step
+from charlm.sizing import (_StepTimer, choose_model, dropout_for, learning_rate, plan_run, planned_tokens,
+                           seconds_per_step)
 from charlm.train import train
 
 from .conftest import make_text
@@ -43,35 +44,58 @@ def test_tokens_come_from_the_first_stop():
     assert planned_tokens(config, 10_000, 1, lambda: 0.1) == pytest.approx(10_000)
 
 
-def test_the_widest_model_the_run_feeds_enough_tokens_per_parameter_is_chosen():
-    model = ModelConfig(70)
+def chosen_width(tokens: float) -> int:
+    config = TrainConfig(batch_size=10, seq_len=100, max_steps=max(1, round(tokens / 1000)))
+    chosen, _ = choose_model(ModelConfig(70), config, 10**10, 1, never)  # a corpus too big to read twice
+    assert chosen.dropout == 0.0
+    return chosen.hidden
+
+
+def test_the_width_fed_closest_to_the_goal_tokens_per_parameter_is_chosen():
     for width in WIDTHS:
-        # Just enough steps for `width`, and none to spare for the next one.
-        steps = math.ceil(TOKENS_PER_PARAM * params(width) / 1000)
-        config = TrainConfig(batch_size=10, seq_len=100, max_steps=steps)
-        chosen, _ = choose_model(model, config, 10**9, 1, never)  # a corpus too big to read twice
-        assert (chosen.hidden, chosen.dropout) == (width, 0.0)
-        config.max_steps -= 2
-        narrower, _ = choose_model(model, config, 10**9, 1, never)
-        assert narrower.hidden == (WIDTHS[WIDTHS.index(width) - 1] if width != WIDTHS[0] else width)
+        assert chosen_width(TOKENS_PER_PARAM * params(width)) == width
+    for narrow, wide in zip(WIDTHS, WIDTHS[1:]):
+        # Between two widths, the choice changes where their ratios are equally far from the goal.
+        middle = TOKENS_PER_PARAM * math.sqrt(params(narrow) * params(wide))
+        assert chosen_width(0.98 * middle) == narrow
+        assert chosen_width(1.02 * middle) == wide
+    assert chosen_width(1000) == WIDTHS[0]  # however short the run
+    assert chosen_width(100 * TOKENS_PER_PARAM * params(WIDTHS[-1])) == WIDTHS[-1]  # however long
 
 
-def test_a_time_budget_is_sized_by_each_widths_timed_step():
+@pytest.mark.parametrize("faster, chosen", [(1.5, 0), (4.0, -1)])
+def test_a_time_budget_is_sized_by_each_widths_timed_step(faster, chosen):
     model = ModelConfig(70)
     config = TrainConfig(batch_size=10, seq_len=100, time_budget=100.0)
-    # A machine where 384 units are fed enough in the 100 s and 512 just miss it.
-    feeds = {w: TOKENS_PER_PARAM * params(w) / 100 for w in WIDTHS}  # the tokens/s each width needs
-    speed = {256: 10 * feeds[256], 384: 1.2 * feeds[384], 512: 0.9 * feeds[512], 768: 10 * feeds[768]}
+    # The narrowest width reads `faster` times the goal's tokens per parameter in the 100 s,
+    # the widest an eighth of that: the one closer to the goal, by ratio, is chosen.
+    goal = {w: TOKENS_PER_PARAM * params(w) / 100 for w in WIDTHS}  # the tokens/s that reach the goal
+    speed = {WIDTHS[0]: faster * goal[WIDTHS[0]], WIDTHS[-1]: faster / 8 * goal[WIDTHS[-1]]}
     timed = []
 
     def time_step(candidate):
         timed.append(candidate.hidden)
         return 1000 / speed[candidate.hidden]
 
-    chosen, reason = choose_model(model, config, 10**9, 1, time_step)
-    assert chosen.hidden == 384
-    assert timed == [256, 384, 512]  # 768 is never timed: 512 already fell short
-    assert "using 384 units" in reason and "--hidden" in reason
+    picked, reason = choose_model(model, config, 10**9, 1, time_step)
+    assert picked.hidden == WIDTHS[chosen] and list(dict.fromkeys(timed)) == list(WIDTHS)
+    assert (reason is None) == (chosen == 0)
+    if reason:
+        assert f"using {WIDTHS[-1]} units" in reason and "--hidden" in reason
+
+
+def test_each_width_is_timed_again_after_the_next_one_and_the_fastest_timing_counts(monkeypatch):
+    # The machine gets busy during the first probe and quiet after it: timing the first
+    # width again after the second keeps the ratio of their speeds honest.
+    timings = iter([3.0, 2.0, 1.0])  # 256 units while busy, 512 units, 256 units again
+    order = []
+    monkeypatch.setattr("charlm.sizing.seconds_per_step",
+                        lambda model, *args: order.append(model.hidden) or next(timings))
+    timer = _StepTimer(TrainConfig(), np.zeros(100, np.uint16), CPU)
+    narrow, wide = (ModelConfig(70, hidden=w, dropout=0.2) for w in (256, 512))
+    assert timer(narrow) == 3.0
+    assert timer(wide) == 2.0 and timer(narrow) == 1.0 and timer(wide) == 2.0
+    assert order == [256, 512, 256]
 
 
 def test_dropout_follows_the_passes_over_the_text():
@@ -165,4 +189,4 @@ def test_a_time_budget_is_sized_by_the_timed_step(tmp_path, monkeypatch, step_se
     # 1 s of 128-token steps over about 1,080 tokens: 100 steps read it 12 times, 1 step not once.
     model, _ = _checkpoint_configs(corpus_file, tmp_path / "run", {}, time_budget=1.0)
     assert (model["hidden"], model["dropout"]) == (WIDTHS[0], dropout)
-    assert [m.hidden for m in timed] == [WIDTHS[0], WIDTHS[1]]  # 384 units: too few tokens; wider not timed
+    assert [m.hidden for m in timed] == [WIDTHS[0]]  # too few tokens for 256 units: no wider one is timed
