@@ -94,7 +94,7 @@ class ModelConfig:
 # the number of passes it will make over its text: (at most this many passes, dropout).
 WIDTHS = (256, 512)  # 384 units learned less per character than 512 in every run (bench/README.md)
 TOKENS_PER_PARAM = 3.0  # the 107 s and 250 s runs of bench/README.md place it between 2.45 and 5.85
-DROPOUT_BY_PASSES = ((3.0, 0.0), (6.0, 0.1), (12.0, 0.2), (math.inf, 0.3))
+DROPOUT_BY_PASSES = ((5.0, 0.0), (10.0, 0.1), (math.inf, 0.2))
 # The peak learning rate, unless --lr is given: the cell's, for a run of up to its steady
 # number of steps; a longer run gets the rate times sqrt(steady steps / its steps).
 LR_BY_CELL = {"lstm": 1e-2, "gru": 1e-2, "rnn": 1e-2}

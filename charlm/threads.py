@@ -137,8 +137,17 @@ class ThreadTuner:
     def __init__(self, most: int, clock: Callable[[], float] = time.perf_counter,
                  set_threads: Callable[[int], None] = torch.set_num_threads):
         self.counts = halvings(most)
-        self.current = most
         self.clock, self.set_threads = clock, set_threads
+        self.current = most
+        self._start()
+
+    def restart(self) -> None:
+        """Back to all threads, as new: for the next run in this process."""
+        self._use(self.counts[0])
+        self._start()
+
+    def _start(self) -> None:
+        clock = self.clock
         self.recent: deque[float] = deque(maxlen=RECENT)
         self.trial_from: tuple[int, float] | None = None  # during a trial: the count and speed it left
         self.skip = 1  # windows not to judge by: the first one holds the warm-up steps

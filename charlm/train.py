@@ -266,6 +266,13 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            if self.threads is not None:  # the next run in this process starts from the same count
+                self.threads.restart()
+
+    def _run(self) -> TrainResult:
         c, s = self.config, self.state
         self._bad_steps = 0
         chars_per_step = c.batch_size * c.seq_len

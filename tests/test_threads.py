@@ -220,3 +220,17 @@ def test_a_run_logs_each_windows_threads_and_follows_its_tuner(tmp_path, corpus_
     assert len(seen) == len(windows) >= 2
     assert [e["threads"] for e in windows] == [t for _, t in seen]
     assert [e["chars_per_sec"] for e in windows] == [s for s, _ in seen]
+
+
+def test_a_run_hands_the_next_one_all_its_threads_back(tmp_path, corpus_file, monkeypatch):
+    counts = []
+
+    class Dropping(ThreadTuner):
+        def observe(self, chars_per_sec):
+            self._use(1)  # as if one thread had won a trial
+            return 1
+
+    tuner = Dropping(2, set_threads=counts.append)
+    monkeypatch.setattr(importlib.import_module("charlm.train"), "thread_tuner", lambda device: tuner)
+    train(open_corpus([corpus_file]), TINY_MODEL, {**TINY_TRAIN, "max_steps": 60}, out=tmp_path / "run")
+    assert counts[0] == 1 and counts[-1] == 2 and tuner.current == 2
