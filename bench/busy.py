@@ -83,6 +83,10 @@ def describe(result: dict) -> str:
     return f"{result['chars_per_sec']:9,.0f} chars/s  {result['seconds']:6.1f} s training  (threads used: {used})"
 
 
+def label(key) -> str:
+    return key if key == "auto" else f"{key} thread" + ("s" if key > 1 else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
@@ -102,7 +106,7 @@ def main() -> None:
         alone = {t: one_run(corpus, folder, f"alone-{t}", args.steps, t) for t in fixed}
         alone["auto"] = one_run(corpus, folder, "alone-auto", args.steps, None)
         for key, result in alone.items():
-            print(f"  {key if key == 'auto' else f'{key} threads':>9}  {describe(result)}", flush=True)
+            print(f"  {label(key):>9}  {describe(result)}", flush=True)
         print(f"  auto / {cores} threads (the default before): "
               f"{alone['auto']['chars_per_sec'] / alone[cores]['chars_per_sec']:.2f} (target >= 1.0, within noise)")
 
@@ -116,7 +120,7 @@ def main() -> None:
             loop.kill()
             loop.wait()
         for key, result in beside.items():
-            print(f"  {key if key == 'auto' else f'{key} threads':>9}  {describe(result)}", flush=True)
+            print(f"  {label(key):>9}  {describe(result)}", flush=True)
         best = max(beside[t]["chars_per_sec"] for t in fixed)
         print(f"  auto / best fixed choice: {beside['auto']['chars_per_sec'] / best:.2f} (target >= 0.8)")
 
