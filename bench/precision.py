@@ -100,7 +100,7 @@ def compare(cell: str, tokenizer, used, text: str, args) -> None:
         print(f"  {name:<36} {rate:10,.0f}")
     for what in ("sample, batch 1", f"sample, {args.samples} x {length_many}", f"scan, {streams} streams"):
         print(f"  {what}: bf16 / float32 {rates[f'{what}, bf16'] / rates[f'{what}, float32']:.2f}")
-    same = agreement(sample_run(fp32, tokenizer, args.chars, 1, seed=1), sample_run(bf16, tokenizer, args.chars, 1, seed=1))
+    same = agreement(*(sample_run(m, tokenizer, args.chars, 1, seed=1) for m in (fp32, bf16)))
     print(f"  seed 1, one stream: the two precisions write the same first {same} of {args.chars} characters",
           flush=True)
 

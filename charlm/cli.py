@@ -101,10 +101,12 @@ def _lr_default() -> str:
     return f"the cell's: {rates}" + ("; " + "; ".join(longer) if longer else "")
 
 
+LR_DEFAULT = _lr_default()
 HIDDEN_DEFAULT = (f"the one of {', '.join(map(str, WIDTHS))} that the run feeds closest to {TOKENS_PER_PARAM:g} "
                   "tokens per parameter, unless --layers or --dropout is given")
 DROPOUT_DEFAULT = "by the passes the run makes over its text: " + ", ".join(
-    f"{dropout:g} up to {most:g}" if most != float("inf") else f"{dropout:g} beyond" for most, dropout in DROPOUT_BY_PASSES)
+    f"{dropout:g} up to {most:g}" if most != float("inf") else f"{dropout:g} beyond"
+    for most, dropout in DROPOUT_BY_PASSES)
 
 
 @app.command()
@@ -122,7 +124,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Parallel text streams. \\[default: {TrainConfig.batch_size}]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(min=1,
                                                    help=f"Characters per BPTT chunk. \\[default: {TrainConfig.seq_len}]")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {_lr_default()}]")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {LR_DEFAULT}]")] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(
         help="Learning-rate decay after warmup. \\[default: linear]", show_default=False)] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(min=0, help="Warmup steps; with a decaying schedule, at most "
@@ -153,9 +155,9 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed. \\[default: {TrainConfig.seed}]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
     precision: Annotated[Optional[Precision], typer.Option(
-        help="Arithmetic of a training step: bf16 autocast, or float32. auto: bf16 on a GPU, and for an "
-             "LSTM on a CPU with native bf16 (AVX512-BF16, AMX); float32 elsewhere. Weights, checkpoints "
-             "and evaluation stay float32. \\[default: auto]", show_default=False)] = None,
+        help="Training steps in bf16 autocast or float32. auto: bf16 on a GPU, and for an LSTM on a CPU "
+             "with native bf16 (AVX512-BF16, AMX). Weights, checkpoints and evaluation stay float32. "
+             "\\[default: auto]", show_default=False)] = None,
 ) -> None:
     """Train a model. With no stop given, it trains for one epoch.
 
@@ -470,7 +472,7 @@ def compare(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Parallel text streams. \\[default: {TrainConfig.batch_size}]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(
         min=1, help=f"Characters per truncated-BPTT chunk. \\[default: {TrainConfig.seq_len}]")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {_lr_default()}]")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Peak learning rate. \\[default: {LR_DEFAULT}]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(
         min=0.0, help=f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]")] = None,
     sample_length: Annotated[Optional[int], typer.Option(
