@@ -36,8 +36,10 @@ def run(budget: float, extra: list[str]) -> dict:
                               "--json"], check=True, capture_output=True, text=True).stdout
         result = json.loads(out)
         payload = __import__("torch").load(folder / "run" / "last.pt", weights_only=True)
-        result.update(budget=budget, wall_seconds=round(wall, 1), steps=payload["state"]["step"],
-                      model=payload["model_config"], extra=" ".join(extra))
+        state, config = payload["state"], payload["train_config"]
+        result.update(budget=budget, wall_seconds=round(wall, 1), steps=state["step"],
+                      chars_per_sec=round(state["step"] * config["batch_size"] * config["seq_len"] / state["elapsed"]),
+                      model=payload["model_config"], lr=config["lr"], extra=" ".join(extra))
         return result
 
 
@@ -48,8 +50,11 @@ def main() -> None:
     args = parser.parse_args()
     r = run(args.budget, args.extra)
     print(json.dumps(r))
+    model = r["model"]
     print(f"tinyshakespeare, {args.budget:g} s of training: {r['nats_per_char']:.4f} nats/char "
           f"({r['bits_per_char']:.4f} bits/char), {r['steps']} steps, {r['wall_seconds']} s wall")
+    print(f"  {model['cell'].upper()} {model['layers']}x{model['hidden']}, dropout {model['dropout']:g}, "
+          f"lr {r['lr']:.3g}, {r['chars_per_sec']:,} chars/s over the run (its summary on stderr names the precision)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 The baseline is the least a training step can do: embedding, nn.LSTM or nn.GRU, a linear
 head over the whole vocabulary (charlm's factored head skips the 256 byte-fallback rows
 unless --plain-head), cross-entropy, backward and a fused torch.optim.Adam step, with the
-carried state detached; on a GPU under bf16 autocast, as charlm trains there. charlm's
+carried state detached; both at the precision charlm's `--precision` (default auto) picks
+for the cell and device: bf16 autocast on a GPU, and for an LSTM on a CPU with native bf16;
+float32 elsewhere. charlm's
 side is its real loop, `Trainer.run`: batching from the token array, the learning-rate
 schedule, forward, backward, gradient clipping, AdamW, the finiteness check, the log
 window, log.jsonl and the rich progress line (drawn into a buffer). Its
@@ -15,6 +17,7 @@ there should be none between logging points.
     python bench/step_speed.py                       # LSTM and GRU, 2 x 512, batch 64 x 100 (target >= 0.9)
     python bench/step_speed.py --cells lstm --steps 5 --rounds 3     # a quicker look
     python bench/step_speed.py --plain-head          # charlm without its factored output head
+    python bench/step_speed.py --precision fp32      # both in float32 (on a CPU with bf16: the other bar)
     python bench/step_speed.py --eval-share 60       # share of a 60 s default run spent validating (<= 5%)
     python bench/step_speed.py --device cuda --cells lstm --hidden 1024 --batch 128 --seq 256   # the GPU bar
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -37,6 +41,7 @@ from rich.console import Console
 from torch import nn
 
 from charlm.config import ModelConfig, TrainConfig
+from charlm.errors import CharlmError
 from charlm.features import BUILTIN_TEXT
 from charlm.model import CharRNN
 from charlm.progress import RichReporter
@@ -69,10 +74,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_steps(model: Bare, opt, tokens: torch.Tensor, batch: int, seq: int, steps: int, state: dict) -> float:
+def bare_steps(model: Bare, opt, tokens: torch.Tensor, batch: int, seq: int, steps: int, state: dict,
+               bf16: bool = False) -> float:
     """`steps` training steps; the token array already lives on the model's device."""
     device = tokens.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -122,35 +128,40 @@ def make_trainer(cell, tokenizer, tokens, args, folder: Path, val_tokens=None, *
     config = ModelConfig(tokenizer.vocab_size, cell, args.layers, args.hidden, args.embedding, bytes_from=bytes_from)
     torch.manual_seed(0)
     model = CharRNN(config)
-    tc = TrainConfig(batch_size=args.batch, seq_len=args.seq, sample_length=0, **train)
+    tc = TrainConfig(batch_size=args.batch, seq_len=args.seq, sample_length=0,
+                     precision=getattr(args, "precision", "auto"), **train)
     reporter = RichReporter(Console(file=io.StringIO(), force_terminal=True, width=120))
     folder.mkdir(parents=True, exist_ok=True)
     val = val_tokens if val_tokens is not None else tokens[:0]
     device = torch.device(getattr(args, "device", "cpu"))
-    return Trainer(model, tokenizer, tokens, val, len(val), tc, folder, device, reporter)
+    trainer = Trainer(model, tokenizer, tokens, val, len(val), tc, folder, device, reporter)
+    trainer.threads = None  # a fixed thread count on both sides (busy.py measures the tuner)
+    return trainer
 
 
 def compare_step(cell: str, tokenizer, tokens: np.ndarray, args, folder: Path) -> None:
     trainer = make_trainer(cell, tokenizer, tokens, args, folder / cell, schedule="linear")
     trainer._validate_and_save = lambda: None  # validation is measured by --eval-share
     device = torch.device(args.device)
+    bf16 = trainer.precision.name == "bf16"
     torch.manual_seed(0)
     bare = Bare(cell, tokenizer.vocab_size, args.embedding, args.hidden, args.layers).to(device)
     opt = torch.optim.Adam(bare.parameters(), lr=1e-3, fused=True)
     state = {"pos": 0, "h": None}
     as_tensor = torch.from_numpy(tokens.astype(np.int64)).to(device)
-    bare_steps(bare, opt, as_tensor, args.batch, args.seq, 2, state)  # warm up both
+    bare_steps(bare, opt, as_tensor, args.batch, args.seq, 2, state, bf16)  # warm up both
     charlm_steps(trainer, 2)
     if device.type == "cuda":
         print(f"{cell.upper()}: host syncs in 20 charlm training steps: {count_syncs(trainer, 20)} "
               "(target 0)", flush=True)
     times = {"bare": [], "charlm": []}
     for _ in range(args.rounds):
-        times["bare"].append(bare_steps(bare, opt, as_tensor, args.batch, args.seq, args.steps, state) / args.steps)
+        times["bare"].append(bare_steps(bare, opt, as_tensor, args.batch, args.seq, args.steps, state, bf16)
+                             / args.steps)
         times["charlm"].append(charlm_steps(trainer, args.steps) / args.steps)
     chars = args.batch * args.seq
     bare_t, ours_t = statistics.median(times["bare"]), statistics.median(times["charlm"])
-    print(f"{cell.upper()} {args.layers}x{args.hidden}, batch {args.batch} x {args.seq}: "
+    print(f"{cell.upper()} {args.layers}x{args.hidden}, batch {args.batch} x {args.seq}, {trainer.precision.name}: "
           f"bare {chars / bare_t:9,.0f} chars/s ({bare_t * 1000:.0f} ms/step), "
           f"charlm {chars / ours_t:9,.0f} chars/s ({ours_t * 1000:.0f} ms/step); "
           f"ratio {bare_t / ours_t:.3f} (target >= 0.9)", flush=True)
@@ -186,6 +197,8 @@ def main() -> None:
                              "instead of its factored head")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="of both sides, as charlm train --precision picks it")
     parser.add_argument("--eval-share", type=float, metavar="SECONDS",
                         help="instead: time a default run this long and report what validation costs")
     args = parser.parse_args()
@@ -200,7 +213,10 @@ def main() -> None:
             eval_share(tokenizer, tokens, args.eval_share, Path(tmp))
             return
         for cell in args.cells:
-            compare_step(cell, tokenizer, tokens, args, Path(tmp))
+            try:
+                compare_step(cell, tokenizer, tokens, args, Path(tmp))
+            except CharlmError as e:
+                sys.exit(f"step_speed: {e}")
 
 
 if __name__ == "__main__":

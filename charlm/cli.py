@@ -18,7 +18,7 @@ import typer
 from rich.console import Console, Group
 
 from . import __version__, options
-from .config import LONG_RUN, LONG_RUN_PASSES, ModelConfig, TrainConfig
+from .config import DROPOUT_BY_PASSES, LR_BY_CELL, LR_STEADY_STEPS, TOKENS_PER_PARAM, WIDTHS, ModelConfig, TrainConfig
 from .errors import CharlmError, UsageError
 
 try:  # typer >= 0.20 carries its own copy of click, whose exceptions are not click's
@@ -61,6 +61,12 @@ class Schedule(str, Enum):
     constant = "constant"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Errors(str, Enum):
     strict = "strict"
     replace = "replace"
@@ -91,6 +97,26 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JS
 POSITIVE_INT = {"metavar": "N", "callback": options.positive}
 
 
+def _lr_default() -> str:
+    """The learning rate's default, as the help shows it (config.py holds the figures)."""
+    rates = ", ".join(f"{cell} {rate:g}" for cell, rate in LR_BY_CELL.items())
+    by_steps: dict[float, list[str]] = {}
+    for cell, steps in LR_STEADY_STEPS.items():
+        if steps != float("inf"):
+            by_steps.setdefault(steps, []).append(cell.upper())
+    longer = [f"a {' or '.join(cells)} run of more than {steps:,.0f} steps gets it times sqrt({steps:.0f} / steps)"
+              for steps, cells in by_steps.items()]
+    return f"the cell's: {rates}" + ("; " + "; ".join(longer) if longer else "")
+
+
+LR_DEFAULT = _lr_default()
+HIDDEN_DEFAULT = (f"the one of {', '.join(map(str, WIDTHS))} that the run feeds closest to {TOKENS_PER_PARAM:g} "
+                  "tokens per parameter, unless --layers or --dropout is given")
+DROPOUT_DEFAULT = "by the passes the run makes over its text: " + ", ".join(
+    f"{dropout:g} up to {most:g}" if most != float("inf") else f"{dropout:g} beyond"
+    for most, dropout in DROPOUT_BY_PASSES)
+
+
 def _say(text: str) -> None:
     _stderr().print(text, style="dim", markup=False, highlight=False, soft_wrap=True)  # one line, never cut
 
@@ -113,19 +139,18 @@ def train(
     layers: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
         f"Stacked recurrent layers. \\[default: {ModelConfig.layers}]"))] = None,
     hidden: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
-        f"Hidden units per layer. \\[default: {ModelConfig.hidden}; {LONG_RUN['hidden']} for a run that reads "
-        f"its text more than {LONG_RUN_PASSES:g} times, unless --hidden, --layers or --dropout is given]"))] = None,
+        f"Hidden units per layer. \\[default: {HIDDEN_DEFAULT}]"))] = None,
     embedding: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
         f"Embedding size. \\[default: {ModelConfig.embedding}]"))] = None,
     dropout: Annotated[Optional[float], typer.Option(metavar="P", callback=options.below_one, help=(
-        f"Dropout probability, at least 0 and below 1. \\[default: {ModelConfig.dropout}; "
-        f"{LONG_RUN['dropout']} where --hidden gets {LONG_RUN['hidden']}]"))] = None,
+        f"Dropout probability, at least 0 and below 1. \\[default: {DROPOUT_DEFAULT}; "
+        "0 with --hidden or --layers]"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
         f"Parallel text streams. \\[default: {TrainConfig.batch_size}]"))] = None,
     seq_len: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
         f"Characters per BPTT chunk. \\[default: {TrainConfig.seq_len}]"))] = None,
     lr: Annotated[Optional[float], typer.Option(metavar="RATE", callback=options.positive, help=(
-        f"Peak learning rate. \\[default: {TrainConfig.lr}]"))] = None,
+        f"Peak learning rate. \\[default: {LR_DEFAULT}]"))] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(metavar="NAME", show_default=False,
                                                          help="Learning-rate decay after warmup: linear, "
                                                               "cosine or constant. \\[default: linear]")] = None,
@@ -164,13 +189,17 @@ def train(
         f"Random seed. \\[default: {TrainConfig.seed}]"))] = None,
     device: Annotated[Optional[str], typer.Option(metavar="NAME",
                                                   help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(
+        metavar="auto|fp32|bf16", help="Training steps in bf16 autocast or float32. auto: bf16 on a GPU, and for an LSTM on a CPU "
+             "with native bf16 (AVX512-BF16, AMX). Weights, checkpoints and evaluation stay float32. "
+             "\\[default: auto]", show_default=False)] = None,
 ) -> None:
     """Train a model. With no stop given, it trains for one epoch.
 
     [bold]Examples[/]
 
     charlm train --time-budget 60               [dim]# the built-in Python corpus[/]
-    charlm train shakespeare.txt --cell gru --lr 0.003 --time-budget 300
+    charlm train shakespeare.txt --cell gru --time-budget 300
     charlm train notes/ --layers 2 --hidden 256 --epochs 5
     charlm train --resume runs/my-run --max-steps 20000
     """
@@ -194,7 +223,7 @@ def train(
         "max_steps": max_steps, "epochs": epochs, "time_budget": time_budget, "val_fraction": val_fraction,
         "checkpoint_every": checkpoint_every, "sample_length": sample_length,
         "tokenizer": tokenizer.value if tokenizer else None, "vocab_size": vocab_size, "seed": seed,
-        "device": device,
+        "device": device, "precision": precision.value if precision else None,
     }
     result = run_training(corpus, model_options, train_options, out=out, resume=resume, runs_dir=RUNS_DIR,
                           reporter=RichReporter(_stderr()))
@@ -522,7 +551,7 @@ def compare(
     seq_len: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
         f"Characters per truncated-BPTT chunk. \\[default: {TrainConfig.seq_len}]"))] = None,
     lr: Annotated[Optional[float], typer.Option(metavar="RATE", callback=options.positive, help=(
-        f"Peak learning rate. \\[default: {TrainConfig.lr}]"))] = None,
+        f"Peak learning rate. \\[default: {LR_DEFAULT}]"))] = None,
     grad_clip: Annotated[Optional[float], typer.Option(metavar="NORM", callback=options.not_negative, help=(
         f"Clip the gradient norm to this; 0: off. \\[default: {TrainConfig.grad_clip}]"))] = None,
     sample_length: Annotated[Optional[int], typer.Option(metavar="N", callback=options.not_negative, help=(

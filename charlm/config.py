@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 CELLS = ("rnn", "gru", "lstm")
+PRECISIONS = ("auto", "fp32", "bf16")  # of a training step (precision.py)
 NUM_BYTES = 256  # a vocabulary's byte-fallback tokens, one per byte value
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -24,7 +25,7 @@ class TrainConfig:
 
     batch_size: int = 16
     seq_len: int = 64
-    lr: float = 1e-2
+    lr: float | None = None  # None: the cell's rate, lower for a long run (sizing.py, LR_BY_CELL below)
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 turns clipping off
     warmup_steps: int = 200  # decaying schedules: or a tenth of the run, if shorter (bench/README.md)
@@ -38,6 +39,7 @@ class TrainConfig:
     sample_length: int = 200
     seed: int = 1337
     device: str = "auto"
+    precision: str = "auto"  # bf16 autocast where the device has native bf16 (precision.py)
     tokenizer: str = "char"
     vocab_size: int | None = None
 
@@ -49,6 +51,8 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')}: must be positive, got {value}")
         for name in ("lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
+            if value is None:  # lr: chosen for the run
+                continue
             if math.isnan(value) or (math.isinf(value) and name != "grad_clip"):  # inf clip: no clipping
                 raise UsageError(f"--{name.replace('_', '-')}: must be a finite number, got {value}")
         if not -(2**63) <= self.seed < 2**64:  # what torch's generators accept
@@ -59,6 +63,8 @@ class TrainConfig:
             raise UsageError("--grad-clip, --weight-decay and --warmup-steps must not be negative")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def stop_given(self) -> bool:
@@ -71,9 +77,9 @@ class ModelConfig:
     vocab_size: int
     cell: str = "lstm"
     layers: int = 1
-    # The defaults suit runs that read their text a few times; charlm gives a run that reads
-    # it many times a wider model with dropout instead, unless the user sized it (sizing.py).
-    hidden: int = 256  # a 512-wide LSTM costs 3x more per character and learns no faster per character
+    # The defaults suit a run of a minute or two on a CPU; a run that reads more gets a wider
+    # model, and dropout for the passes it makes, unless the user sized it (sizing.py).
+    hidden: int = 256  # the narrowest of WIDTHS below
     embedding: int = 64  # characters need few dimensions; the recurrent matrix dominates the cost
     dropout: float = 0.0  # short CPU runs see each character a few times at most: no overfitting to fight
     # First id of the tokenizer's 256 byte-fallback tokens (-1: none). The head then scores the
@@ -82,7 +88,14 @@ class ModelConfig:
     bytes_from: int = -1
 
 
-# A new run that will read its text more than LONG_RUN_PASSES times gets LONG_RUN in place of
-# the defaults above, unless the user gave --hidden, --layers or --dropout (sizing.py).
-LONG_RUN_PASSES = 8.0  # on tinyshakespeare the two models tie near 7.5 (bench/README.md)
-LONG_RUN = {"hidden": 512, "dropout": 0.2}
+# What a new run gets where the user did not choose (sizing.py; measured in bench/README.md).
+# The model: the one of WIDTHS whose training tokens per parameter come closest (by ratio)
+# to TOKENS_PER_PARAM, unless --hidden, --layers or --dropout is given; then the dropout for
+# the number of passes it will make over its text: (at most this many passes, dropout).
+WIDTHS = (256, 512)  # 384 units learned less per character than 512 in every run (bench/README.md)
+TOKENS_PER_PARAM = 3.0  # the 107 s and 250 s runs of bench/README.md place it between 2.45 and 5.85
+DROPOUT_BY_PASSES = ((5.0, 0.0), (10.0, 0.1), (math.inf, 0.2))
+# The peak learning rate, unless --lr is given: the cell's, for a run of up to its steady
+# number of steps; a longer run gets the rate times sqrt(steady steps / its steps).
+LR_BY_CELL = {"lstm": 1e-2, "gru": 1e-2, "rnn": 1e-2}
+LR_STEADY_STEPS = {"lstm": math.inf, "gru": 1800.0, "rnn": 1800.0}

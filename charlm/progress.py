@@ -115,6 +115,8 @@ class RichReporter(Reporter):
                       f"stop after {_stops(config)}"),
             ("device", info["device"]),
         ]
+        if info.get("precision"):
+            rows.append(("precision", info["precision"]))
         if info.get("resumed_at") is not None:
             rows.append(("resumed", f"at step {info['resumed_at']}"))
         if self._plain:  # whole lines, as a log wants them

@@ -1,77 +1,157 @@
-"""The model a new run gets when its size is not given: the default, or for a run that will
-read its text many times, a wider one with dropout.
+"""The model and learning rate a new run gets when the user does not choose them.
 
-ModelConfig's defaults are tuned for quality per second of runs of a few minutes on a CPU,
-which read the text a few times at most. A longer run memorizes with them: ten minutes of the
-default LSTM read tinyshakespeare 18 times and score worse on held-out text than two
-minutes do, while a 512-wide LSTM with dropout 0.2 uses the ten minutes well (bench/README.md).
-So when a run will read its text more than LONG_RUN_PASSES times, and the user gave none of
---hidden, --layers, --dropout, it gets LONG_RUN instead.
+On a CPU quality per second is a trade. A wider model learns more from each character but
+reads fewer characters in the same time, and a model that reads its text many times
+memorizes it. charlm settles it with rules measured by characters seen (bench/tune.py,
+bench/README.md), so that they hold on any machine:
 
-The number of passes is known from --epochs or --max-steps. For --time-budget it is estimated
-by timing a few real training steps of the default model on the run's device.
+- width: the one of WIDTHS whose training tokens per parameter come closest (by ratio) to
+  TOKENS_PER_PARAM: a narrower model would have read its text too often for what it can
+  hold, a wider one too little for what it could learn. Under --time-budget the tokens
+  each width would read come from timing a few real training steps of it on the run's
+  device, at the run's precision and thread count: a faster machine, or bf16, gets a
+  wider model for the same budget. Under --epochs or --max-steps they are known.
+- dropout: by how many times the chosen model will read its text (DROPOUT_BY_PASSES).
+- learning rate: the cell's (LR_BY_CELL) up to LR_STEADY_STEPS steps of the run, then
+  falling as one over the square root of the run's steps: a GRU at 0.01 for ten minutes
+  lets its gradients grow until the loss climbs, and even before that, long runs learn more
+  at a lower rate.
+
+Any of --hidden, --layers, --dropout keeps the model as given, and --lr keeps the rate.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import LONG_RUN, LONG_RUN_PASSES, ModelConfig, TrainConfig
+from .config import DROPOUT_BY_PASSES, LR_BY_CELL, LR_STEADY_STEPS, TOKENS_PER_PARAM, WIDTHS, ModelConfig, TrainConfig
 from .errors import CharlmError
 
 GIVEN_BY_USER = ("hidden", "layers", "dropout")  # any of these: the user sizes the model
 PROBE_SECONDS = 0.3  # timed steps of the probe, after two untimed ones
 
 
-def choose_model(model_config: ModelConfig, config: TrainConfig, train_tokens: np.ndarray, given: dict[str, Any],
-                 device: torch.device, world: int = 1) -> tuple[ModelConfig, str | None]:
-    """`model_config` as it stands, or resized for a long run; with the reason when resized.
+def plan_run(model_config: ModelConfig, config: TrainConfig, train_tokens: np.ndarray, given: dict[str, Any],
+             device: torch.device, world: int = 1) -> tuple[ModelConfig, float, str | None]:
+    """(the model, the peak learning rate, the reason the model was resized or None) for a new run.
 
     `given` holds the model options the user gave; `world` is the number of processes, each
-    reading its own share of `train_tokens`. A probe that fails (a non-finite step, no
-    memory for it on a GPU) leaves the model as it stands."""
-    if any(given.get(key) is not None for key in GIVEN_BY_USER):
-        return model_config, None
-    try:
-        passes = planned_passes(config, len(train_tokens), world,
-                                lambda: seconds_per_step(model_config, config, train_tokens, device))
-    except (CharlmError, torch.OutOfMemoryError):
-        return model_config, None
-    if passes <= LONG_RUN_PASSES:
-        return model_config, None
-    resized = ModelConfig(**{**vars(model_config), **LONG_RUN})
-    reason = (f"with the default model this run would read its text about {passes:.1f} times and memorize it: "
-              f"using {resized.hidden} units and dropout {resized.dropout:g}, which learn more from that "
-              "(pass --hidden, --layers or --dropout to choose yourself)")
-    return resized, reason
+    reading its own share of `train_tokens`. A probe that fails (a non-finite step, no memory
+    for it on a GPU) leaves the model as it stands and the cell's own rate."""
+    timer = _StepTimer(config, train_tokens, device)
+    reason = None
+    if not any(given.get(key) is not None for key in GIVEN_BY_USER):
+        try:
+            model_config, reason = choose_model(model_config, config, len(train_tokens), world, timer)
+        except (CharlmError, torch.OutOfMemoryError):
+            pass
+    lr = config.lr
+    if lr is None:
+        lr = LR_BY_CELL[model_config.cell]
+        if math.isfinite(LR_STEADY_STEPS[model_config.cell]):  # the rate follows the run's length
+            try:
+                tokens = planned_tokens(config, len(train_tokens), world, lambda: timer(model_config))
+                lr = learning_rate(model_config.cell, tokens / (config.batch_size * config.seq_len * world))
+            except (CharlmError, torch.OutOfMemoryError):
+                pass
+    return model_config, lr, reason
 
 
-def planned_passes(config: TrainConfig, n_train: int, world: int, time_step: Callable[[], float]) -> float:
-    """How many times the run reads its n_train training tokens before its first stop.
-    `time_step()`, the seconds of one step, is called only where a time budget decides."""
-    tokens_per_step = config.batch_size * config.seq_len * world
-    passes = []
+def choose_model(model_config: ModelConfig, config: TrainConfig, n_train: int, world: int,
+                 time_step: Callable[[ModelConfig], float]) -> tuple[ModelConfig, str | None]:
+    """The width of WIDTHS whose tokens per parameter come closest to TOKENS_PER_PARAM, with the
+    dropout for its passes over the text; with the reason when that is not `model_config`.
+    `time_step(model)` gives the seconds of one step of `model`, and is called only under a
+    time budget, from the narrowest width up, while wider ones still have a chance."""
+    from .model import CharRNN
+
+    candidates = []
+    for width in WIDTHS:
+        candidate = replace(model_config, hidden=width, dropout=0.0)
+        candidates.append(candidate)
+        if planned_tokens(config, n_train, world, lambda: time_step(candidate)) <= \
+                TOKENS_PER_PARAM * CharRNN(candidate).num_params():
+            break  # wider models read fewer tokens still, for more parameters: further off
+
+    def off(candidate: ModelConfig) -> float:  # how far its tokens per parameter are from the goal, as a log ratio
+        reads = planned_tokens(config, n_train, world, lambda: time_step(candidate))  # timed once, above
+        return abs(math.log(reads / CharRNN(candidate).num_params() / TOKENS_PER_PARAM))
+
+    chosen = min(candidates, key=off)
+    tokens = planned_tokens(config, n_train, world, lambda: time_step(chosen))
+    passes = tokens / n_train
+    chosen = replace(chosen, dropout=dropout_for(passes))
+    if (chosen.hidden, chosen.dropout) == (model_config.hidden, model_config.dropout):
+        return model_config, None
+    reason = (f"this run will read about {_count(tokens)} training tokens ({passes:.1f} passes over its text): "
+              f"using {chosen.hidden} units" + (f" and dropout {chosen.dropout:g}" if chosen.dropout else "")
+              + ", which learn the most from that (pass --hidden, --layers or --dropout to choose yourself)")
+    return chosen, reason
+
+
+def dropout_for(passes: float) -> float:
+    """Dropout for a model that reads its text `passes` times: none for a few, more for many."""
+    return next(dropout for most, dropout in DROPOUT_BY_PASSES if passes <= most)
+
+
+def learning_rate(cell: str, steps: float) -> float:
+    """Peak learning rate of a `cell` run of about `steps` optimizer steps."""
+    steady = LR_STEADY_STEPS[cell]
+    return LR_BY_CELL[cell] * min(1.0, math.sqrt(steady / steps)) if steps > steady else LR_BY_CELL[cell]
+
+
+def planned_tokens(config: TrainConfig, n_train: int, world: int, time_step: Callable[[], float]) -> float:
+    """How many training tokens the run reads before its first stop (all processes together).
+    `time_step()`, the seconds of one step, is called only where a time budget may decide."""
+    per_step = config.batch_size * config.seq_len * world
+    reads = []
     if config.epochs:
-        passes.append(config.epochs)
+        reads.append(config.epochs * n_train)
     if config.max_steps:
-        passes.append(config.max_steps * tokens_per_step / n_train)
-    # No need to time a step when another stop already makes the run short.
-    if config.time_budget and not (passes and min(passes) <= LONG_RUN_PASSES):
-        passes.append(config.time_budget / time_step() * tokens_per_step / n_train)
-    return min(passes) if passes else 1.0
+        reads.append(config.max_steps * per_step)
+    if config.time_budget:
+        reads.append(config.time_budget / time_step() * per_step)
+    return min(reads) if reads else float(n_train)
+
+
+class _StepTimer:
+    """Seconds per step of each model tried (seconds_per_step), the fastest of its timings.
+
+    A model timed after another is followed by a second timing of that other one, so that
+    a machine whose load changes during the probes slows both alike, not only the first."""
+
+    def __init__(self, config: TrainConfig, train_tokens: np.ndarray, device: torch.device):
+        self.config, self.train_tokens, self.device = config, train_tokens, device
+        self.timed: dict[str, tuple[ModelConfig, float]] = {}
+
+    def __call__(self, model_config: ModelConfig) -> float:
+        model_config = replace(model_config, dropout=0.0)  # dropout costs next to nothing
+        key = repr(model_config)
+        if key not in self.timed:
+            previous = next(reversed(self.timed.items()), None)
+            self.timed[key] = (model_config, self._time(model_config))
+            if previous is not None:
+                other, seconds = previous[1]
+                self.timed[previous[0]] = (other, min(seconds, self._time(other)))
+        return self.timed[key][1]
+
+    def _time(self, model_config: ModelConfig) -> float:
+        return seconds_per_step(model_config, self.config, self.train_tokens, self.device)
 
 
 def seconds_per_step(model_config: ModelConfig, config: TrainConfig, train_tokens: np.ndarray,
                      device: torch.device) -> float:
-    """Time real training steps (charlm's Trainer, its optimizer and autocast) of `model_config`
+    """Time real training steps (charlm's Trainer, its optimizer and precision) of `model_config`
     on `device`: the median of those that fit in PROBE_SECONDS, after two to warm up."""
     from .model import CharRNN
     from .train import Trainer  # train imports this module
@@ -80,7 +160,8 @@ def seconds_per_step(model_config: ModelConfig, config: TrainConfig, train_token
     # The run's seed stays where it was, and anything the probe might write goes nowhere.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             tempfile.TemporaryDirectory(prefix="charlm-probe-") as folder:
-        trainer = Trainer(CharRNN(model_config), None, train_tokens, train_tokens[:0], 0, config, Path(folder), device)
+        trainer = Trainer(CharRNN(model_config), None, train_tokens, train_tokens[:0], 0, replace(config), Path(folder),
+                          device)
         for i in range(2 + 50):
             t0 = time.perf_counter()
             trainer.train_step()
@@ -97,3 +178,7 @@ def seconds_per_step(model_config: ModelConfig, config: TrainConfig, train_token
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return float(np.median(times))
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"

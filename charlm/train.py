@@ -16,7 +16,7 @@ import json
 import math
 import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,13 @@ from .data import StreamBatches, count_byte_tokens, encode_corpus, learn_vocabul
 from .distributed import Dist, from_environment, shutdown
 from .errors import CharlmError, UsageError
 from .evaluate import evaluate_tokens
-from .config import ModelConfig, TrainConfig
+from .config import LR_BY_CELL, ModelConfig, TrainConfig
 from .model import CharRNN, detach_hidden
+from .precision import resolve_precision
 from .progress import NullReporter, Reporter
 from .sample import generate
-from .sizing import choose_model
+from .sizing import plan_run
+from .threads import thread_tuner, use_available_cpus
 from .tokenizer import Tokenizer, describe_vocabulary
 
 _STOP, _INTERRUPT, _VALIDATE = 1, 2, 4  # what the ranks agree on before a step
@@ -73,6 +75,15 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device to compute on; on a CPU, torch's threads are set to the cores this process
+    may use (threads.py)."""
+    device = _device(name)
+    if device.type == "cpu":
+        use_available_cpus()
+    return device
+
+
+def _device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -139,6 +150,8 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
+        if config.lr is None:  # a trainer built without plan_run: the cell's own rate
+            config.lr = LR_BY_CELL[model.config.cell]
         self.reporter = reporter or NullReporter()
         self.corpus_info = corpus_info or {}
         self.batches = StreamBatches(train_tokens, config.batch_size, config.seq_len,
@@ -159,9 +172,10 @@ class Trainer:
         self.defer_checks = device.type == "cuda"
         self.state = TrainState()
         self.hidden = model.init_hidden(config.batch_size, device)
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-        )
+        # Master weights, optimizer state and checkpoints stay float32 under either precision.
+        self.precision = resolve_precision(config.precision, device, model.config.cell)
+        self.autocast = self.precision.autocast(device)
+        self.threads = thread_tuner(device)  # None where the thread count is fixed
         self.lr = config.lr
         self._bad_steps = 0  # non-finite steps in a row
 
@@ -253,6 +267,13 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            if self.threads is not None:  # the next run in this process starts from the same count
+                self.threads.restart()
+
+    def _run(self) -> TrainResult:
         c, s = self.config, self.state
         self._bad_steps = 0
         chars_per_step = c.batch_size * c.seq_len
@@ -350,7 +371,14 @@ class Trainer:
                     self._bad_steps = 0
                 else:
                     self._skip_bad_step(first + n, reset_state=False)
+        if self.device.type == "cpu":
+            entry["threads"] = torch.get_num_threads()  # the window's, before the tuner moves it
         self.log({"step": s.step, **entry, "lr": self.lr, "elapsed": round(s.elapsed, 3)})
+        if self.threads is not None:
+            changed = self.threads.observe(entry["chars_per_sec"])
+            if changed is not None:
+                self.reporter.message(f"step {s.step}: training on {changed} thread{'s' if changed > 1 else ''} "
+                                      "from now on, the faster count while other programs share the CPU")
         self.reporter.update(step=s.step, loss=entry["loss"], val=last_val, chars_per_sec=entry["chars_per_sec"],
                              progress=self.progress(), elapsed=s.elapsed, grad_norm=entry["grad_norm"],
                              clip_rate=entry["clip_rate"])
@@ -642,6 +670,12 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
         # A run folder resumes from its latest state, not from its best one.
         payload = load_checkpoint(find_in_run(Path(resume), prefer="last.pt") if Path(resume).is_dir() else resume)
         config, model_config = _resumed_configs(payload, train_options, model_options)
+        try:
+            resolve_precision(config.precision, device, model_config.cell)
+        except UsageError as e:
+            if "precision" in train_options:
+                raise
+            raise UsageError(f"this run was begun with {e}") from None
         tokenizer = Tokenizer(payload["tokenizer"]["model"], payload["tokenizer"]["kind"])
         if corpus is None:
             corpus = _stored_corpus(payload)
@@ -659,6 +693,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
             raise UsageError("no corpus given")
         config = TrainConfig(**train_options)
         config.validate()
+        resolve_precision(config.precision, device, model_options.get("cell", ModelConfig.cell))  # fail early
         if not config.stop_given:
             config.epochs = 1.0
         # Rank 0 makes the folder and the vocabulary; the other ranks take them from it.
@@ -689,12 +724,13 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
     # seconds, not minutes; `charlm eval` scores any held-out file whole.
     val_tokens = val_tokens[:VALIDATION_TOKENS]
     val_chars = tokenizer.count_chars(val_tokens[1:])
-    if payload is None:  # a long run gets a wider model with dropout unless the user sized it
+    if payload is None:  # the model and rate the user left open follow the run's length (sizing.py)
         if dist.is_main:
-            model_config, reason = choose_model(model_config, config, train_tokens, model_options, device, dist.world)
+            model_config, config.lr, reason = plan_run(model_config, config, train_tokens, model_options, device,
+                                                       dist.world)
             if reason:
                 reporter.message(reason)
-        model_config = dist.broadcast(model_config)
+        model_config, config.lr = dist.broadcast((model_config, config.lr))
 
     model = CharRNN(model_config)
     if dist.active:  # the weights come from rank 0 (DistributedDataParallel); dropout masks differ by rank
@@ -710,8 +746,11 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
                       reporter, corpus_info, dist)
     if payload is not None:
         trainer.restore(payload)
+    threads = torch.get_num_threads()
+    threads = f", {threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else ""
     reporter.summary(
-        out_dir=out, device=str(device) + (f" x {dist.world} processes" if dist.active else ""),
+        out_dir=out, device=str(device) + threads + (f" x {dist.world} processes" if dist.active else ""),
+        precision=trainer.precision.describe(),
         params=model.num_params(), vocab=describe_vocabulary(tokenizer),
         train_tokens=len(train_tokens), val_tokens=len(val_tokens), model=model_config, config=config,
         resumed_at=trainer.state.step if payload is not None else None,

@@ -128,3 +128,27 @@ def test_a_non_finite_step_on_the_gpu_is_left_undone(tmp_path, capsys, monkeypat
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     assert checkpoint["state"]["lr_scale"] == 0.5
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+
+
+@pytest.mark.parametrize("chosen, dtype", [("auto", torch.bfloat16), ("fp32", torch.float32)])
+def test_a_gpu_run_trains_in_bf16_unless_asked_for_float32(tmp_path, capsys, monkeypatch, chosen, dtype):
+    from charlm.model import CharRNN
+
+    from .conftest import make_text
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(5_000), encoding="utf-8")
+    seen = set()
+    real = CharRNN.top_outputs
+
+    def top_outputs(self, idx, hidden=None):
+        out, hidden = real(self, idx, hidden)
+        if self.training:
+            seen.add(out.dtype)
+        return out, hidden
+
+    monkeypatch.setattr(CharRNN, "top_outputs", top_outputs)
+    assert cli("train", corpus, *MODEL, *RUN, "--max-steps", 5, "--precision", chosen, "--out", tmp_path / "run") == 0
+    assert seen == {dtype}
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(t.dtype == torch.float32 for t in payload["model"].values())
