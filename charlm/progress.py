@@ -119,9 +119,10 @@ class RichReporter(Reporter):
             rows.append(("precision", info["precision"]))
         if info.get("resumed_at") is not None:
             rows.append(("resumed", f"at step {info['resumed_at']}"))
-        if self._plain:  # whole lines, as a log wants them
+        if self._plain:  # whole lines, as a log wants them, the values in one column as in the table
+            width = max(len(key) for key, _ in rows) + 2
             for key, value in rows:
-                self.console.print(f"{key:<8}{value}", markup=False, highlight=False, soft_wrap=True)
+                self.console.print(f"{key:<{width}}{value}", markup=False, highlight=False, soft_wrap=True)
             return
         for key, value in rows:
             table.add_row(key, Text(value))
