@@ -20,6 +20,7 @@ from rich.console import Console, Group
 from . import __version__
 from .config import LONG_RUN, LONG_RUN_PASSES, ModelConfig, TrainConfig
 from .errors import CharlmError, UsageError
+from .explorer import DEFAULT_CHARS
 
 try:  # typer >= 0.20 carries its own copy of click, whose exceptions are not click's
     from typer._click import exceptions as click_exceptions
@@ -340,9 +341,9 @@ def inspect_neurons(
     find: Annotated[Optional[Feature], typer.Option(
         help="Rank every unit of every layer and state by how well it tracks this feature.",
         show_default=False)] = None,
-    find_regex: Annotated[Optional[str], typer.Option(
-        help="Rank units by how well they track the matches of this regular expression.",
-        show_default=False)] = None,
+    find_regex: Annotated[Optional[list[str]], typer.Option(
+        help="Rank units by how well they track the matches of this regular expression "
+             "(with --html: repeatable, each one ranked in the page).", show_default=False)] = None,
     top: Annotated[int, typer.Option(min=0, help="Rows of the ranking (and of --json); 0: all.")] = 10,
     show: Annotated[int, typer.Option(min=0, help="Colour the text by this many of the best units.")] = 2,
     show_chars: Annotated[int, typer.Option(min=1, help="Colour at most this many characters.")] = 2000,
@@ -351,9 +352,16 @@ def inspect_neurons(
     predictions: Annotated[bool, typer.Option(
         help="Show the model's three likeliest next characters under each character.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the ranking (or what was asked) as JSON.")] = False,
-    html: Annotated[Optional[Path], typer.Option(help="Also write the coloured view as an HTML page.",
-                                                 show_default=False)] = None,
-    svg: Annotated[Optional[Path], typer.Option(help="Also write the coloured view as an SVG image.",
+    html: Annotated[Optional[Path], typer.Option(
+        help="Write the explorer instead: one self-contained, interactive page (every unit, every "
+             "feature's ranking, select and match, gate saturation, the model running live).",
+        show_default=False)] = None,
+    chars: Annotated[Optional[int], typer.Option(
+        help=f"With --html: explore the first N characters (the page holds {DEFAULT_CHARS:,} unless asked).",
+        show_default=False)] = None,
+    html_static: Annotated[Optional[Path], typer.Option(
+        help="Also write the terminal's coloured view as a static HTML page.", show_default=False)] = None,
+    svg: Annotated[Optional[Path], typer.Option(help="Also write the terminal's coloured view as an SVG image.",
                                                 show_default=False)] = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of FILE.")] = "utf-8",
     errors: Annotated[Errors, typer.Option(help="strict or replace (undecodable bytes).")] = Errors.strict,
@@ -373,6 +381,7 @@ def inspect_neurons(
       charlm inspect-neurons --unit 17 --unit 42 --state c --predictions
       charlm inspect-neurons --find-regex "[0-9]+" --json
       charlm inspect-neurons --saturation
+      charlm inspect-neurons runs/my-run code.py --html explorer.html   [dim]# open it in a browser[/]
     """
     from contextlib import nullcontext
 
@@ -392,23 +401,54 @@ def inspect_neurons(
         raise UsageError(f"--text: give a text or a file ({files[0]}), not both")
     if json_output and (find or find_regex is not None) and saturation:
         raise UsageError("--json: prints one result; use it with --find or with --saturation, not both")
+    if html is not None and (json_output or html_static is not None or svg is not None):
+        raise UsageError("--html writes the explorer on its own; give --json, --html-static or --svg in another run")
+    if chars is not None and html is None:
+        raise UsageError("--chars: only with --html (the terminal view has --show-chars)")
+    if len(find_regex or []) > 1 and html is None:
+        raise UsageError("--find-regex: give one at a time (several only with --html)")
+    source = str(files[0]) if files else "--text" if text is not None else "the built-in sample"
     if text is None:
         text = open_corpus(files, encoding, errors.value).read() if files else BUILTIN_TEXT
+    checkpoint = checkpoints[0] if checkpoints else latest_checkpoint(RUNS_DIR)
+    if html is not None:
+        _write_explorer(checkpoint, text, html, source, chars, find.value if find else None, find_regex or [],
+                        unit, layer, state)
+        return
     options = InspectOptions(units=unit or [], layer=layer, state=state, find=find.value if find else None,
-                             find_regex=find_regex, top=top, show=show, saturation=saturation,
-                             predictions=predictions, show_chars=show_chars)
+                             find_regex=find_regex[0] if find_regex else None, top=top, show=show,
+                             saturation=saturation, predictions=predictions, show_chars=show_chars)
     console = _stderr()
     bar = RichReporter(console).task("inspecting") if console.is_terminal else nullcontext(None)
     with bar as advance:
-        report = inspect(checkpoints[0] if checkpoints else latest_checkpoint(RUNS_DIR), text, options,
-                         pick_device(device), on_progress=advance)
+        report = inspect(checkpoint, text, options, pick_device(device), on_progress=advance)
     parts = inspect_renderables(report)
     if json_output:
         print(json.dumps(report.as_json()))
     else:
         Console(highlight=False).print(Group(*parts))  # one part per line; print(*parts) joins texts
-    if html is not None or svg is not None:
-        _export_views(parts, html, svg)
+    if html_static is not None or svg is not None:
+        _export_views(parts, html_static, svg)
+
+
+def _write_explorer(checkpoint: Path, text: str, out: Path, source: str, chars: int | None, find: str | None,
+                    find_regex: list[str], units: list[int] | None, layer: int | None, state: str | None) -> None:
+    """`inspect-neurons --html`: the explorer page, opened on --find's feature and the first --unit."""
+    from contextlib import nullcontext
+
+    from .explorer import ExplorerOptions, write_explorer
+    from .progress import RichReporter
+
+    start_unit = (layer, state or "h", units[0]) if units else None
+    options = ExplorerOptions(chars=chars, find=find, find_regex=find_regex, unit=start_unit)
+    console = _stderr()
+    bar = RichReporter(console).task("exploring") if console.is_terminal else nullcontext(None)
+    with bar as advance:
+        page = write_explorer(checkpoint, text, out, options, source=source, on_progress=advance)
+    size = len(page.html.encode("utf-8")) / 1e6
+    live = "the model runs live in it" if page.live else f"no live mode: {page.note}"
+    console.print(f"wrote {out} ({size:.1f} MB, {page.chars:,} characters; {live})", style="dim",
+                  markup=False, highlight=False)
 
 
 def _export_views(parts: list, html: Path | None, svg: Path | None) -> None:
@@ -417,13 +457,13 @@ def _export_views(parts: list, html: Path | None, svg: Path | None) -> None:
 
     terminal = Console()
     width = terminal.width if terminal.is_terminal else 100
-    for path, kind in ((html, "html"), (svg, "svg")):
+    for path, kind, option in ((html, "html", "--html-static"), (svg, "svg", "--svg")):
         if path is None:
             continue
         try:
             path.write_text(export_views(parts, kind, width), encoding="utf-8")
         except OSError as e:
-            raise CharlmError(f"--{kind} {path}: cannot write: {e.strerror}") from None
+            raise CharlmError(f"{option} {path}: cannot write: {e.strerror}") from None
         _stderr().print(f"wrote {path}", style="dim", markup=False, highlight=False)
 
 

@@ -247,6 +247,7 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
         # Rows of a (T, B, H) activation flattened to (T*B, H) are time-major, like these weights.
         w = weights[:, start : start + chunk].transpose(0, 1).reshape(-1, 1 + len(names)).to(stats_dev)
         w_chars = w[:, 0]
+        w_columns = w.t().contiguous()
         for key, value in acts.items():
             rows = value.reshape(-1, hidden).to(stats_dev)
             if key in saturated:
@@ -258,7 +259,11 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
                 if shifted is None or shifted.shape != rows.shape:
                     shifted = torch.empty_like(rows)
                 torch.sub(rows, shifts[key], out=shifted)
-                sums[key] += (w.t() @ shifted).double()  # (1+K, H): the sum of w*d, then of F_k*d per feature
+                # (1+K, H): the sum of w*d, then of F_k*d per feature. One product per column, not one
+                # matrix product: a feature's sums must not depend on how many others are searched with
+                # it, so the explorer's all-feature pass ranks exactly as a one-feature --find.
+                for k, column in enumerate(w_columns):
+                    sums[key][k] += (column @ shifted).double()
                 squares[key] += (w_chars @ shifted.square_()).double()
         if on_progress is not None:
             on_progress(min((start + chunk) * streams, n_tokens), n_tokens)

@@ -47,9 +47,9 @@ from ..neurons import (
     stream_layout,
 )
 from ..tokenizer import Tokenizer
+from . import DEFAULT_CHARS
 
 FORMAT, VERSION = "charlm-explorer", 1
-DEFAULT_CHARS = 20_000  # about 10 MB of page with the default model (LSTM 1x256)
 MAX_CHARS = 200_000  # what --chars may ask for; the page grows by about 0.35 KB per character per 256 units
 MAX_STORED_VALUES = 60_000_000  # tokens x layers x hidden: a page of about 60 MB, as far as a browser goes well
 MODEL_LIMIT_BYTES = 8 << 20  # embedded weights (base64) up to this; a bigger model gets the page without live mode
@@ -64,7 +64,7 @@ class ExplorerOptions:
     chars: int | None = None  # explore the first N characters; None: the whole text, up to DEFAULT_CHARS
     find: str | None = None  # the feature the page opens on
     find_regex: list[str] = field(default_factory=list)
-    unit: tuple[int, str, int] | None = None  # the unit the page opens on: (layer, state, unit)
+    unit: tuple[int | None, str, int] | None = None  # the unit the page opens on: (layer (None: the top), state, unit)
     model_limit: int = MODEL_LIMIT_BYTES
     streams: int = SEARCH_STREAMS
 
@@ -349,6 +349,9 @@ def _check_start(model: CharRNN, options: ExplorerOptions) -> None:
         return
     layer, state, unit = options.unit
     config = model.config
+    if layer is None:
+        layer = config.layers - 1
+        options.unit = (layer, state, unit)
     if not 0 <= layer < config.layers:
         raise UsageError(f"--layer {layer}: the model has {config.layers} layer(s) (0-{config.layers - 1})")
     if state not in STATES[config.cell]:
