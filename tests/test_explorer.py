@@ -131,6 +131,16 @@ def test_a_hostile_text_stays_text_inside_the_page(tmp_path, capsys):
     assert "<img" not in page and "<!--" not in page.split("<body>")[1]
 
 
+def test_a_lone_surrogate_in_the_text_survives_as_an_escape(tmp_path):
+    model, tokenizer = load(save_tiny_checkpoint(tmp_path / "m.pt", layers=1))
+    text = "a\udc80(b) \U0001f600 가\n"  # a lone surrogate (an undecodable byte), an emoji, Hangul
+    page = render_page(explorer_data(model, tokenizer, text, ExplorerOptions(), "m\udcff.pt"))
+    page.encode("utf-8")  # writable as UTF-8
+    data = page_data(page)
+    assert data["text"] == text.replace("\udc80", "\ufffd")  # what the model read: its bytes, decoded
+    assert data["checkpoint"] == "m\udcff.pt"
+
+
 def test_the_page_refers_to_nothing_outside_itself(tmp_path):
     model, tokenizer = load(save_tiny_checkpoint(tmp_path / "m.pt", layers=1))
     page = render_page(explorer_data(model, tokenizer, features.BUILTIN_TEXT, ExplorerOptions(), "m.pt"))

@@ -54,11 +54,18 @@ const CharlmExplorer = (function () {
     int32: Int32Array, uint32: Uint32Array, float32: Float32Array, float64: Float64Array,
   };
 
-  /** A packed array (page.py's pack): base64 of deflated little-endian bytes, inflated by the browser. */
+  async function inflate(part) {
+    const stream = new Blob([base64Bytes(part)]).stream().pipeThrough(new DecompressionStream("deflate"));
+    return new Uint8Array(await new Response(stream).arrayBuffer());
+  }
+
+  /** A packed array (page.py's pack): parts of base64 of deflated little-endian bytes, inflated by the browser. */
   async function unpack(packed) {
-    const stream = new Blob([base64Bytes(packed.zlib)]).stream().pipeThrough(new DecompressionStream("deflate"));
-    const buffer = await new Response(stream).arrayBuffer();
-    return new ARRAY_TYPES[packed.dtype](buffer);
+    const parts = await Promise.all(packed.zlib.map(inflate));
+    const bytes = new Uint8Array(parts.reduce((total, part) => total + part.length, 0));
+    let offset = 0;
+    for (const part of parts) { bytes.set(part, offset); offset += part.length; }
+    return new ARRAY_TYPES[packed.dtype](bytes.buffer);
   }
 
   async function loadArrays(data) {
@@ -139,7 +146,17 @@ const CharlmExplorer = (function () {
     const span = to - from;
     const input = rows.map((r) => new Float32Array(span).fill(bIh[r]));
     const recurrent = rows.map((r) => new Float32Array(span).fill(bHh[r]));
-    if (layer === 0) {
+    if (layer === 0 && span < app.data.model.vocab_size) { // a short window: one dot product per token
+      const width = app.data.model.embedding;
+      rows.forEach((r, k) => {
+        for (let t = from; t < to; t++) {
+          const x = app.tokens[t] * width;
+          let sum = 0;
+          for (let e = 0; e < width; e++) sum += wIh[r * width + e] * model.embed[x + e];
+          input[k][t - from] += sum;
+        }
+      });
+    } else if (layer === 0) { // the whole text: project each vocabulary entry once
       const width = app.data.model.embedding;
       rows.forEach((r, k) => {
         const projected = new Float64Array(app.data.model.vocab_size);
@@ -1027,7 +1044,8 @@ const CharlmExplorer = (function () {
     await layoutText();
     buildSaturation();
     setUpLive();
-    app.timings.interactive = performance.now() - started;
+    app.timings.interactive = performance.now(); // since the page began to load
+    app.timings.startup = performance.now() - started; // since its script began
     app.ready = true;
     document.body.dataset.ready = "true";
   }

@@ -18,11 +18,14 @@ live mode, and says why. The page's own code is package data beside this module
 from __future__ import annotations
 
 import base64
+import functools
 import html
+import os
 import json
 import re
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,6 +57,7 @@ MAX_CHARS = 200_000  # what --chars may ask for; the page grows by about 0.35 KB
 MAX_STORED_VALUES = 60_000_000  # tokens x layers x hidden: a page of about 60 MB, as far as a browser goes well
 MODEL_LIMIT_BYTES = 8 << 20  # embedded weights (base64) up to this; a bigger model gets the page without live mode
 GUESSES = 5  # next characters shown on hover
+PACK_PART = 1 << 20
 NO_SURPRISAL = 65535  # the first character: nothing predicted it
 STORED_STATES = ("h",)
 ASSETS = ("page.html", "page.css", "page.js", "model.js")
@@ -79,18 +83,26 @@ class ExplorerPage:
 
 # -- the data ----------------------------------------------------------------------------------------
 def pack(array: np.ndarray) -> dict:
-    """A numeric array as the page reads it: dtype, shape and base64 of its deflated little-endian bytes."""
+    """A numeric array as the page reads it: dtype, shape and base64 of its little-endian bytes, deflated
+    in parts of at most PACK_PART bytes (compressed side by side on every core; the page joins them)."""
     array = np.ascontiguousarray(array)
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-    raw = array.astype(dtype, copy=False).tobytes()
+    raw = memoryview(array.astype(dtype, copy=False).tobytes())
+    parts = [raw[start : start + PACK_PART] for start in range(0, max(len(raw), 1), PACK_PART)]
     # Level 1: stored activations deflate to about 0.7 of their size at any level; higher ones cost time.
-    return {"dtype": dtype.name, "shape": list(array.shape), "zlib": base64.b64encode(zlib.compress(raw, 1)).decode()}
+    deflated = _pool().map(lambda part: base64.b64encode(zlib.compress(part, 1)).decode(), parts)
+    return {"dtype": dtype.name, "shape": list(array.shape), "zlib": list(deflated)}
 
 
 def unpack(packed: dict) -> np.ndarray:
     """The inverse of `pack` (tests read pages with it)."""
-    raw = zlib.decompress(base64.b64decode(packed["zlib"]))
+    raw = b"".join(zlib.decompress(base64.b64decode(part)) for part in packed["zlib"])
     return np.frombuffer(raw, dtype=np.dtype(packed["dtype"]).newbyteorder("<")).reshape(packed["shape"])
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1)  # zlib lets go of the GIL while it works
 
 
 def quantise(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +140,7 @@ def _predictions(model: CharRNN, top_h: np.ndarray, tokens: np.ndarray) -> tuple
     the byte head's escape) and their probabilities; and each token's -log p (NaN for the first)."""
     out = torch.from_numpy(top_h)
     config = model.config
-    scores = torch.log_softmax(model.head(out).float(), dim=-1)
+    scores = torch.log_softmax(model.head(out).float(), dim=-1)  # (tokens, head rows)
     best = torch.topk(scores, min(GUESSES, scores.shape[-1]), dim=-1)
     ids = best.indices.numpy().astype(np.int32)
     if model.factored:  # the head's rows are the real symbols with the byte block cut out, then the escape
@@ -137,9 +149,23 @@ def _predictions(model: CharRNN, top_h: np.ndarray, tokens: np.ndarray) -> tuple
     probs = best.values.exp().numpy()
     nll = np.full(len(tokens), np.nan)
     if len(tokens) > 1:
-        targets = torch.from_numpy(tokens[1:].astype(np.int64))
-        nll[1:] = model.token_nll(out[:-1], targets).double().numpy()
+        nll[1:] = _next_token_nll(model, out[:-1], scores[:-1], torch.from_numpy(tokens[1:].astype(np.int64)))
     return ids, probs, nll
+
+
+def _next_token_nll(model: CharRNN, out: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """CharRNN.token_nll from head scores already taken: the byte head runs only where a byte comes next."""
+    if not model.factored:
+        return (-scores.gather(1, targets[:, None])[:, 0]).double().numpy()
+    b0 = model.config.bytes_from
+    is_byte = (targets >= b0) & (targets < b0 + NUM_BYTES)
+    rows = torch.where(targets < b0, targets, torch.where(is_byte, scores.shape[-1] - 1, targets - NUM_BYTES))
+    nll = -scores.gather(1, rows[:, None])[:, 0].double()
+    where = is_byte.nonzero()[:, 0]
+    if len(where):
+        byte_scores = torch.log_softmax(model.byte_head(out[where]).float(), dim=-1)
+        nll[where] -= byte_scores.gather(1, (targets[where] - b0)[:, None])[:, 0].double()
+    return nll.numpy()
 
 
 def char_surprisal(aligned: AlignedText, token_nll: np.ndarray) -> np.ndarray:
@@ -307,13 +333,18 @@ def page_json(data: dict) -> str:
     '</script>' or '<!--' can end or bend the element, and lone surrogates are escaped (UTF-8 has none)."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     text = text.replace("<", "\\u003c")
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    try:
+        text.encode("utf-8")  # much faster than a regular-expression scan of the whole page
+        return text
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def render_page(data: dict) -> str:
     """The page: the template with the CSS, the data and the scripts put in its slots, in one pass."""
     slots = {
-        "TITLE": html.escape(f"charlm explorer: {Path(data['checkpoint']).name or 'model'}"),
+        "TITLE": html.escape(f"charlm explorer: {Path(data['checkpoint']).name or 'model'}".encode(
+            "utf-8", "replace").decode()),  # a file name may hold undecodable bytes
         "CSS": asset("page.css"),
         "DATA": page_json(data),
         "MODEL_JS": asset("model.js"),
