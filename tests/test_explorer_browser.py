@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,15 @@ class Opened:
     def colours(self, selector: str) -> list[tuple[int, int, int]]:
         styles = self.page.eval_on_selector_all(selector, "spans => spans.map(s => s.style.backgroundColor)")
         return [tuple(int(v) for v in re.findall(r"\d+", style)) for style in styles]
+
+
+def wait_until(page, predicate: str, timeout: float = 30.0) -> None:
+    """Poll a JS predicate from here: Playwright's own wait_for_function compiles it inside the page,
+    which the page's Content-Security-Policy (no eval) rightly refuses."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(predicate):
+        assert time.monotonic() < deadline, f"timed out waiting for {predicate}"
+        time.sleep(0.05)
 
 
 def expected_colour(value: float, centre: float = 0.0, half: float = 1.0) -> tuple[int, int, int]:
@@ -187,7 +197,7 @@ def test_dragging_over_text_ranks_units_and_clicking_a_match_shows_it(browser, p
     drag(page, first, last)
     assert page.locator("#text .selected").count() == last - first + 1
     assert f"selected characters {first + 1:,}-{last + 1:,}" in page.text_content("#selection-info")
-    assert page.locator("#selection-units tr").count() > 0
+    assert page.locator("#selection-units tbody tr").count() > 0
     matches = page.locator("#matches li")
     assert 1 <= matches.count() <= 50
     assert "on together" in page.text_content("#matches-title")
@@ -209,7 +219,7 @@ def test_typing_in_the_live_box_colours_it_as_torch_computes(browser, pages):
     typed = "(alpha (beta) 'x')\n  gamma"
     page.locator("#live-input").click()
     page.keyboard.type(typed)
-    page.wait_for_function(f"document.querySelectorAll('#live-view span').length === {len(typed)}")
+    wait_until(page, f"() => document.querySelectorAll('#live-view span').length === {len(typed)}")
     model, tokenizer = model_from_checkpoint(load_checkpoint(pages["checkpoint"]))
     aligned = align_text(tokenizer, typed)
     acts, _, _ = run_stack(model, torch.from_numpy(aligned.tokens).view(-1, 1), zero_carry(model, 1, 1, "cpu"),
@@ -217,7 +227,7 @@ def test_typing_in_the_live_box_colours_it_as_torch_computes(browser, pages):
     values = acts[(0, "h")][:, 0, 5].numpy()[aligned.char_token]
     assert close_colours(opened.colours("#live-view span"), [expected_colour(v) for v in values], tolerance=2)
     page.click("#continue")  # samples 200 more characters at the chosen temperature
-    page.wait_for_function(f"document.querySelectorAll('#live-view span').length >= {len(typed) + 200}")
+    wait_until(page, f"() => document.querySelectorAll('#live-view span').length >= {len(typed) + 200}")
     assert page.input_value("#live-input").startswith(typed)
     opened.check_clean()
 
@@ -281,7 +291,7 @@ def test_other_cells_layers_and_tokenizers_open_and_run_live(browser, tmp_path, 
     page.locator("#ranking tbody tr").nth(1).click()
     page.locator("#live-input").click()
     page.keyboard.type("(the cat) é")
-    page.wait_for_function("document.querySelectorAll('#live-view span').length === 11")
+    wait_until(page, "() => document.querySelectorAll('#live-view span').length === 11")
     assert len(set(opened.colours("#live-view span"))) > 1
     assert page.locator("#saturation canvas").count() == (0 if cell == "rnn" else 2 * layers if cell == "gru" else 3 * layers)
     opened.check_clean()

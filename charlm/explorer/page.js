@@ -575,7 +575,7 @@ const CharlmExplorer = (function () {
     const head = document.createElement("div");
     const shown = document.createElement("code");
     shown.textContent = glyphLabel(app.chars[i]);
-    head.append("character ", shown, ` #${(i + 1).toLocaleString()} · `);
+    head.append(shown, ` character ${(i + 1).toLocaleString()} · `);
     const bits = app.surprisal[i];
     head.append(bits === 65535 ? "surprisal: nothing before it" : `surprisal ${(bits / 100).toFixed(2)} bits`);
     if (app.unit && app.values) head.append(` · ${unitName(app.unit)} = ${formatValue(app.values[t])}`);
@@ -696,7 +696,7 @@ const CharlmExplorer = (function () {
       }
     }
     scored.sort((a, b) => b.score - a.score || b.on - a.on);
-    showSelectionUnits(scored.slice(0, 12), inside);
+    showSelectionUnits(scored.slice(0, 8), inside);
     const size = Number(document.getElementById("pattern-size").value) || 3;
     findMatches(scored.slice(0, Math.max(1, Math.min(size, 20))));
   }
@@ -708,12 +708,13 @@ const CharlmExplorer = (function () {
       `(${inside} token${inside === 1 ? "" : "s"}); ${best.length ? "units on inside, off around:" : "no unit is on inside and off around at this threshold"}`;
     const body = document.querySelector("#selection-units tbody");
     body.textContent = "";
+    document.querySelector("#selection-units thead").hidden = !best.length;
     for (const entry of best) {
       const row = document.createElement("tr");
       row.className = "pick";
       row.unit = entry.unit;
-      for (const text of [`${entry.sign < 0 ? "−" : "+"}${unitName(entry.unit)}`,
-        `inside ${(100 * entry.on).toFixed(0)}%`, `around ${(100 * entry.around).toFixed(0)}%`]) {
+      for (const text of [unitName(entry.unit), entry.sign < 0 ? "low" : "high",
+        `${(100 * entry.on).toFixed(0)}%`, `${(100 * entry.around).toFixed(0)}%`]) {
         const cell = document.createElement("td");
         cell.textContent = text;
         row.appendChild(cell);
@@ -753,9 +754,17 @@ const CharlmExplorer = (function () {
     }
     runs.sort((a, b) => Math.abs(a.to - a.from + 1 - wanted) - Math.abs(b.to - b.from + 1 - wanted) || b.strength - a.strength);
     document.getElementById("matches-title").textContent =
-      `${runs.length.toLocaleString()} other place${runs.length === 1 ? "" : "s"} where ${pattern.map((e) => (e.sign < 0 ? "−" : "+") + unitName(e.unit)).join(" ")} are on together` +
+      `${runs.length.toLocaleString()} other place${runs.length === 1 ? "" : "s"} where ${pattern.map(patternName).join(", ")} are on together` +
       (runs.length > MATCHES ? ` (the ${MATCHES} nearest in length)` : "");
     for (const run of runs.slice(0, MATCHES)) list.appendChild(matchItem(run));
+  }
+
+  function patternName(entry) {
+    return `${unitName(entry.unit)} ${entry.sign < 0 ? "low" : "high"}`;
+  }
+
+  function snippetText(chars) {
+    return chars.map((ch) => (ch === "\n" ? "↵" : ch === "\t" ? "→" : glyph(ch))).join("");
   }
 
   function charRange(run) {
@@ -771,9 +780,9 @@ const CharlmExplorer = (function () {
     const item = document.createElement("li");
     const { first, last } = charRange(run);
     item.range = { first, last };
-    const before = app.chars.slice(Math.max(0, first - 20), first).map(glyphLabel).join("");
-    const inside = app.chars.slice(first, last + 1).map(glyphLabel).join("");
-    const after = app.chars.slice(last + 1, last + 21).map(glyphLabel).join("");
+    const before = snippetText(app.chars.slice(Math.max(0, first - 20), first));
+    const inside = snippetText(app.chars.slice(first, last + 1));
+    const after = snippetText(app.chars.slice(last + 1, last + 21));
     const where = document.createElement("span");
     where.className = "dim";
     where.textContent = `#${(first + 1).toLocaleString()} `;
