@@ -207,7 +207,7 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
 
     Over characters, a unit's activation is its token's; so per token the sums are weighted by
     how many characters it completes, and take the sum of those characters' feature values.
-    `on_chunk(start, acts)` sees each chunk's activations, (T, streams, H) per (layer, state), for
+    `on_chunk(start, acts)` sees each chunk's activations, (T, streams, H) per wanted (layer, state), for
     steps start..start+T of every stream, laid out as `stream_layout` says (the explorer keeps them).
     """
     device = torch.device(device)
@@ -221,6 +221,9 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
     run_wanted: dict[int, set[str]] = {}
     for layer, state in ranked + gates:
         run_wanted.setdefault(layer, set()).add(state)
+    if on_chunk is not None:  # it sees every wanted state, even with no feature to rank them by
+        for layer, states in wanted.items():
+            run_wanted.setdefault(layer, set()).update(states)
     if not run_wanted:
         return ScanResult({name: [] for name in names}, [], n_chars)
 

@@ -97,6 +97,27 @@ def test_stored_h_and_cell_snapshots_are_the_searchs_streams(tmp_path):
             assert np.allclose(snapshots[b, : len(chunk_ends)], chunk_ends, atol=1e-5)
 
 
+@pytest.mark.parametrize("text", ["x", "\n\n\n"])
+def test_a_text_no_feature_varies_over_still_stores_h(tmp_path, text):
+    model, tokenizer = load(save_tiny_checkpoint(tmp_path / "m.pt", layers=1))
+    data = explorer_data(model, tokenizer, text, ExplorerOptions())
+    assert data["rankings"] == [] and data["start"] == {"feature": None, "unit": [0, "h", 0]}
+    tokens = torch.from_numpy(align_text(tokenizer, text).tokens).view(-1, 1)
+    acts, _, _ = run_stack(model, tokens, zero_carry(model, 1, 1, "cpu"), {0: {"h"}})
+    stored = data["stored"][0]
+    h = unpack(stored["values"]) * unpack(stored["scale"])[:, None]
+    assert np.abs(h - acts[(0, "h")][:, 0].numpy().T).max() <= unpack(stored["scale"]).max()
+
+
+def test_the_page_opens_on_the_feature_and_unit_asked_for(tmp_path, capsys):
+    ckpt = save_tiny_checkpoint(tmp_path / "m.pt", layers=2)
+    rc, _, err = run_cli(capsys, ckpt, "--html", tmp_path / "p.html", "--find", "indent", "--unit", "3",
+                         "--state", "forget")
+    assert rc == 0, err
+    start = page_data((tmp_path / "p.html").read_text(encoding="utf-8"))["start"]
+    assert start == {"feature": "indent", "unit": [1, "forget", 3]}  # the top layer unless --layer
+
+
 def test_guesses_and_surprisal_are_the_models_probabilities(tmp_path):
     text = "(a[b]c) 'q' €\n" * 30  # '€' is unseen in training: byte fallback, three tokens for one character
     model, tokenizer = load(save_tiny_checkpoint(tmp_path / "m.pt", cell="gru", layers=2))
