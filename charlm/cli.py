@@ -20,6 +20,7 @@ from rich.console import Console, Group
 from . import __version__, options
 from .config import DROPOUT_BY_PASSES, LR_BY_CELL, LR_STEADY_STEPS, TOKENS_PER_PARAM, WIDTHS, ModelConfig, TrainConfig
 from .errors import CharlmError, UsageError
+from .explorer import DEFAULT_CHARS
 
 try:  # typer >= 0.20 carries its own copy of click, whose exceptions are not click's
     from typer._click import exceptions as click_exceptions
@@ -435,9 +436,10 @@ def inspect_neurons(
         metavar="FEATURE", show_default=False,
         help="Rank every unit of every layer and state by how well it tracks this feature: "
              + ", ".join(f.value for f in Feature) + ".")] = None,
-    find_regex: Annotated[Optional[str], typer.Option(
+    find_regex: Annotated[Optional[list[str]], typer.Option(
         metavar="REGEX", show_default=False,
-        help="Rank units by how well they track the matches of this regular expression.")] = None,
+        help="Rank units by how well they track the matches of this regular expression "
+             "(with --html: repeatable, each one ranked in the page).")] = None,
     top: Annotated[int, typer.Option(metavar="N", callback=options.not_negative,
                                      help="Rows of the ranking (and of --json); 0: all.")] = 10,
     show: Annotated[int, typer.Option(metavar="N", callback=options.not_negative,
@@ -451,10 +453,18 @@ def inspect_neurons(
         "--predictions",
         help="Under each character, the model's three likeliest guesses for it, made before reading it.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the ranking (or what was asked) as JSON.")] = False,
-    html: Annotated[Optional[Path], typer.Option(metavar="PATH", show_default=False,
-                                                 help="Also write the coloured view as an HTML page.")] = None,
-    svg: Annotated[Optional[Path], typer.Option(metavar="PATH", show_default=False,
-                                                help="Also write the coloured view as an SVG image.")] = None,
+    html: Annotated[Optional[Path], typer.Option(
+        metavar="PATH", show_default=False,
+        help="Write the explorer instead: one self-contained, interactive page (every unit, every "
+             "feature's ranking, select and match, gate saturation, the model running live).")] = None,
+    chars: Annotated[Optional[int], typer.Option(
+        **POSITIVE_INT, show_default=False,
+        help=f"With --html: explore the first N characters (the page holds {DEFAULT_CHARS:,} unless asked).")] = None,
+    html_static: Annotated[Optional[Path], typer.Option(
+        metavar="PATH", show_default=False,
+        help="Also write the terminal's coloured view as a static HTML page.")] = None,
+    svg: Annotated[Optional[Path], typer.Option(
+        metavar="PATH", show_default=False, help="Also write the terminal's coloured view as an SVG image.")] = None,
     encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of FILE.")] = "utf-8",
     errors: ErrorsOption = Errors.strict,
     device: Device = "auto",
@@ -473,6 +483,7 @@ def inspect_neurons(
     charlm inspect-neurons --unit 17 --unit 42 --state c --predictions
     charlm inspect-neurons --find-regex "[0-9]+" --json
     charlm inspect-neurons --saturation
+    charlm inspect-neurons runs/my-run code.py --html page.html  [dim]# the explorer[/]
     """
     from contextlib import nullcontext
 
@@ -491,12 +502,23 @@ def inspect_neurons(
         raise UsageError(f"--text: give a text or a file ({files[0]}), not both")
     if json_output and (find or find_regex is not None) and saturation:
         raise UsageError("--json: prints one result; use it with --find or with --saturation, not both")
+    if html is not None and (json_output or html_static is not None or svg is not None):
+        raise UsageError("--html writes the explorer on its own; give --json, --html-static or --svg in another run")
+    if chars is not None and html is None:
+        raise UsageError("--chars: only with --html (the terminal view has --show-chars)")
+    if len(find_regex or []) > 1 and html is None:
+        raise UsageError("--find-regex: give one at a time (several only with --html)")
+    source = str(files[0]) if files else "--text" if text is not None else "the built-in sample"
     if text is None:
         text = open_corpus(files, encoding, errors.value, purpose="inspect").read() if files else BUILTIN_TEXT
-    options_ = InspectOptions(units=unit or [], layer=layer, state=state, find=find.value if find else None,
-                              find_regex=find_regex, top=top, show=show, saturation=saturation,
-                              predictions=predictions, show_chars=show_chars)
     payload = _checkpoint(checkpoints[0] if checkpoints else None)
+    if html is not None:
+        _write_explorer(payload, text, html, source, chars, find.value if find else None, find_regex or [],
+                        unit, layer, state)
+        return
+    options_ = InspectOptions(units=unit or [], layer=layer, state=state, find=find.value if find else None,
+                              find_regex=find_regex[0] if find_regex else None, top=top, show=show,
+                              saturation=saturation, predictions=predictions, show_chars=show_chars)
     console = _stderr()
     bar = RichReporter(console).task("inspecting") if console.is_terminal else nullcontext(None)
     with bar as advance:
@@ -506,23 +528,43 @@ def inspect_neurons(
         print(json.dumps(report.as_json()))
     else:
         Console(highlight=False).print(Group(*parts))  # one part per line; print(*parts) joins texts
-    if html is not None or svg is not None:
-        _export_views(parts, html, svg)
+    if html_static is not None or svg is not None:
+        _export_views(parts, html_static, svg, html_option="--html-static")
 
 
-def _export_views(parts: list, html: Path | None, svg: Path | None, title: str = "charlm inspect-neurons") -> None:
-    """Write what the terminal shows as a page and/or an image."""
+def _write_explorer(checkpoint: dict, text: str, out: Path, source: str, chars: int | None, find: str | None,
+                    find_regex: list[str], units: list[int] | None, layer: int | None, state: str | None) -> None:
+    """`inspect-neurons --html`: the explorer page, opened on --find's feature and the first --unit."""
+    from contextlib import nullcontext
+
+    from .explorer import ExplorerOptions, write_explorer
+    from .progress import RichReporter
+
+    start_unit = (layer, state or "h", units[0]) if units else None
+    options = ExplorerOptions(chars=chars, find=find, find_regex=find_regex, unit=start_unit)
+    console = _stderr()
+    bar = RichReporter(console).task("exploring") if console.is_terminal else nullcontext(None)
+    with bar as advance:
+        page = write_explorer(checkpoint, text, out, options, source=source, on_progress=advance)
+    size = len(page.html.encode("utf-8")) / 1e6
+    live = "the model runs live in it" if page.live else f"no live mode: {page.note}"
+    _say(f"wrote {out} ({size:.1f} MB, {page.chars:,} characters; {live})")
+
+
+def _export_views(parts: list, html: Path | None, svg: Path | None, title: str = "charlm inspect-neurons",
+                  html_option: str = "--html") -> None:
+    """Write what the terminal shows as a page and/or an image; errors name `html_option` or --svg."""
     from .render import export_views
 
     terminal = Console()
     width = terminal.width if terminal.is_terminal else 100
-    for path, kind in ((html, "html"), (svg, "svg")):
+    for path, kind, option in ((html, "html", html_option), (svg, "svg", "--svg")):
         if path is None:
             continue
         try:
             path.write_text(export_views(parts, kind, width, title=title), encoding="utf-8")
         except OSError as e:
-            raise CharlmError(f"--{kind} {path}: cannot write: {e.strerror}") from None
+            raise CharlmError(f"{option} {path}: cannot write: {e.strerror}") from None
         _say(f"wrote {path}")
 
 

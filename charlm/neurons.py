@@ -185,6 +185,13 @@ class ScanResult:
     chars: int = 0
 
 
+def stream_layout(n_tokens: int, streams: int = SEARCH_STREAMS, min_stream_tokens: int = MIN_STREAM_TOKENS
+                  ) -> tuple[int, int]:
+    """(streams, length) of a search: stream b reads tokens b*length up to (b+1)*length from a zero state."""
+    count = stream_count(n_tokens, streams, min_stream_tokens)
+    return count, -(-n_tokens // count)
+
+
 def _stats_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
 
@@ -193,12 +200,15 @@ def _stats_device(device: torch.device) -> torch.device:
 def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], wanted: dict[int, set[str]],
          saturation: bool = False, device: str | torch.device = "cpu", streams: int = SEARCH_STREAMS,
          chunk: int = CHUNK, on_progress: Callable[[int, int], None] | None = None,
-         min_stream_tokens: int = MIN_STREAM_TOKENS) -> ScanResult:
+         min_stream_tokens: int = MIN_STREAM_TOKENS,
+         on_chunk: Callable[[int, dict[tuple[int, str], torch.Tensor]], None] | None = None) -> ScanResult:
     """One pass over the text: the Pearson correlation of each wanted {layer: states} unit with each
     per-character feature, and with `saturation`, how often each sigmoid gate of those layers saturates.
 
     Over characters, a unit's activation is its token's; so per token the sums are weighted by
     how many characters it completes, and take the sum of those characters' feature values.
+    `on_chunk(start, acts)` sees each chunk's activations, (T, streams, H) per wanted (layer, state), for
+    steps start..start+T of every stream, laid out as `stream_layout` says (the explorer keeps them).
     """
     device = torch.device(device)
     stats_dev = _stats_device(device)
@@ -211,12 +221,14 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
     run_wanted: dict[int, set[str]] = {}
     for layer, state in ranked + gates:
         run_wanted.setdefault(layer, set()).add(state)
+    if on_chunk is not None:  # it sees every wanted state, even with no feature to rank them by
+        for layer, states in wanted.items():
+            run_wanted.setdefault(layer, set()).update(states)
     if not run_wanted:
         return ScanResult({name: [] for name in names}, [], n_chars)
 
     columns = [aligned.per_token(np.ones(n_chars))] + [aligned.per_token(features[k]) for k in names]
-    streams = stream_count(n_tokens, streams, min_stream_tokens)
-    length = -(-n_tokens // streams)
+    streams, length = stream_layout(n_tokens, streams, min_stream_tokens)
     pad = streams * length - n_tokens
     ids = torch.from_numpy(np.pad(aligned.tokens, (0, pad))).view(streams, length)
     # Padding carries weight 0, so it adds nothing to any sum.
@@ -233,9 +245,12 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
     for start in range(0, length, chunk):
         step_ids = ids[:, start : start + chunk].t().to(device)  # (T, B)
         acts, carry, _ = run_stack(model, step_ids, carry, run_wanted)
+        if on_chunk is not None:
+            on_chunk(start, acts)
         # Rows of a (T, B, H) activation flattened to (T*B, H) are time-major, like these weights.
         w = weights[:, start : start + chunk].transpose(0, 1).reshape(-1, 1 + len(names)).to(stats_dev)
         w_chars = w[:, 0]
+        w_columns = w.t().contiguous()
         for key, value in acts.items():
             rows = value.reshape(-1, hidden).to(stats_dev)
             if key in saturated:
@@ -247,7 +262,11 @@ def scan(model: CharRNN, aligned: AlignedText, features: dict[str, np.ndarray], 
                 if shifted is None or shifted.shape != rows.shape:
                     shifted = torch.empty_like(rows)
                 torch.sub(rows, shifts[key], out=shifted)
-                sums[key] += (w.t() @ shifted).double()  # (1+K, H): the sum of w*d, then of F_k*d per feature
+                # (1+K, H): the sum of w*d, then of F_k*d per feature. One product per column, not one
+                # matrix product: a feature's sums must not depend on how many others are searched with
+                # it, so the explorer's all-feature pass ranks exactly as a one-feature --find.
+                for k, column in enumerate(w_columns):
+                    sums[key][k] += (column @ shifted).double()
                 squares[key] += (w_chars @ shifted.square_()).double()
         if on_progress is not None:
             on_progress(min((start + chunk) * streams, n_tokens), n_tokens)

@@ -372,7 +372,7 @@ def test_a_file_is_inspected_and_the_views_export_as_html_and_svg(tmp_path, caps
     text_file = tmp_path / "code.txt"
     text_file.write_text('f(x, "<b>&</b>")\n' * 20, encoding="utf-8")
     rc, out, _ = run_cli(capsys, ckpt, text_file, "--find", "in-string", "--show", "1",
-                         "--html", tmp_path / "v.html", "--svg", tmp_path / "v.svg")
+                         "--html-static", tmp_path / "v.html", "--svg", tmp_path / "v.svg")
     assert rc == 0
     # Each part of the report starts its own line, on the terminal and in the page.
     assert any(line.startswith("units that track in-string") for line in out.splitlines())
