@@ -458,7 +458,7 @@ def inspect_neurons(
         help="Write the explorer instead: one self-contained, interactive page (every unit, every "
              "feature's ranking, select and match, gate saturation, the model running live).")] = None,
     chars: Annotated[Optional[int], typer.Option(
-        **POSITIVE_INT, show_default=False,
+        metavar="N", show_default=False,  # its range is checked with the page's cap, in one message
         help=f"With --html: explore the first N characters (the page holds {DEFAULT_CHARS:,} unless asked).")] = None,
     html_static: Annotated[Optional[Path], typer.Option(
         metavar="PATH", show_default=False,
