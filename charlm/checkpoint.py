@@ -22,7 +22,7 @@ import torch
 
 from .errors import CharlmError, UsageError
 from .model import CharRNN, ModelConfig
-from .tokenizer import Tokenizer
+from .tokenizer import KINDS, Tokenizer
 
 FORMAT = "charlm-checkpoint"
 VERSION = 1
@@ -124,10 +124,19 @@ def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device = 
         config = ModelConfig(**payload["model_config"])
         model = CharRNN(config)
         model.load_state_dict(payload["model"])
-        tokenizer = Tokenizer(payload["tokenizer"]["model"], payload["tokenizer"]["kind"])
+        tokenizer = tokenizer_from_checkpoint(payload)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CharlmError(f"{payload.get('path', 'checkpoint')}: damaged checkpoint ({_first_line(e)})") from None
     return model.to(device).eval(), tokenizer
+
+
+def tokenizer_from_checkpoint(payload: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a checkpoint holds; a kind this charlm does not know is named, not a crash."""
+    kind = payload["tokenizer"]["kind"]
+    if kind not in KINDS:
+        raise CharlmError(f"{payload.get('path', 'checkpoint')}: its tokenizer is {str(kind)[:40]!r}, which this "
+                          f"charlm does not know (it knows {', '.join(KINDS)}); a newer charlm may read it")
+    return Tokenizer(payload["tokenizer"]["model"], kind)
 
 
 def find_in_run(run_dir: Path) -> Path:

@@ -50,6 +50,8 @@ class Cell(str, Enum):
 
 class TokenizerKind(str, Enum):
     char = "char"
+    jamo = "jamo"
+    auto = "auto"
     unigram = "unigram"
     bpe = "bpe"
 
@@ -120,7 +122,8 @@ def train(
     checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="Also save last.pt every N steps.")] = None,
     sample_length: Annotated[Optional[int], typer.Option(min=0, help=f"Characters of each progress sample; 0: none. \\[default: {TrainConfig.sample_length}]")] = None,
     tokenizer: Annotated[Optional[TokenizerKind], typer.Option(
-        help="char, or a subword model: unigram, bpe. \\[default: char]", show_default=False)] = None,
+        help="char; jamo: Hangul syllables spelled in jamo; auto: jamo for mostly-Hangul text, else char; "
+             f"or a subword model: unigram, bpe. \\[default: {TrainConfig.tokenizer}]", show_default=False)] = None,
     vocab_size: Annotated[Optional[int], typer.Option(min=1, help="Vocabulary size (subword tokenizers; "
                                                       "caps the characters kept for char).")] = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of the corpus.")] = "utf-8",
@@ -275,7 +278,12 @@ def eval_(
     errors: Annotated[Errors, typer.Option(help="strict or replace (undecodable bytes).")] = Errors.strict,
     device: Device = "auto",
 ) -> None:
-    """Bits per character of held-out text, with the hidden state carried through it.
+    """Nats and bits per character of held-out text, with the hidden state carried through it.
+
+    Characters are those of the text itself, whatever the tokenizer: a
+    subword piece counts as the characters it spells, a character that fell
+    back to bytes as one, and a Hangul syllable as one for a jamo model too.
+    So models with different tokenizers compare directly, in one table.
 
     [bold]Examples[/]
 
