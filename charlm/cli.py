@@ -329,6 +329,9 @@ class Feature(str, Enum):
     line_position = "line-position"
     indent = "indent"
     word_position = "word-position"
+    jamo_position = "jamo-position"
+    syllable_boundary = "syllable-boundary"
+    eojeol_position = "eojeol-position"
 
 
 @app.command("inspect-neurons")
@@ -380,6 +383,7 @@ def inspect_neurons(
       charlm inspect-neurons runs/my-run code.py --find bracket-depth --svg brackets.svg
       charlm inspect-neurons --unit 17 --unit 42 --state c --predictions
       charlm inspect-neurons --find-regex "[0-9]+" --json
+      charlm inspect-neurons runs/ko novel.txt --find jamo-position
       charlm inspect-neurons --saturation
     """
     from contextlib import nullcontext

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 import unicodedata
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -15,8 +17,10 @@ from charlm.checkpoint import load_checkpoint, model_from_checkpoint, save_check
 from charlm.cli import main
 from charlm.corpus import open_corpus
 from charlm.evaluate import evaluate_text
+from charlm.features import FEATURES
 from charlm.jamo import FINAL, INITIAL, NONE, VOWEL, JamoTokenizer, choose_kind
 from charlm.model import CharRNN, ModelConfig
+from charlm.neurons import align_text, search_units
 from charlm.progress import Reporter
 from charlm.sample import generate
 from charlm.tokenizer import Tokenizer, train_tokenizer
@@ -264,3 +268,66 @@ def test_a_tokenizer_this_charlm_does_not_know_is_one_line_exit_1(future_checkpo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and "'syllable-pairs'" in err[0] and "jamo" in err[0]
 
+
+# -- features for inspect-neurons ---------------------------------------------------------------------
+QUOTED = '그는 "책을 읽었다."'
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("jamo-position", [2, 3, 0, 0, 3, 3, 0, 3, 3, 2, 0, 0]),  # 2: ends on its vowel, 3: on a final
+    ("syllable-boundary", [1, 1, 0, 0, 1, 1, 0, 1, 1, 1, 0, 0]),
+    ("eojeol-position", [1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5]),  # quotes and the full stop belong to the word
+])
+def test_korean_features_of_precomposed_text(name, expected):
+    assert FEATURES[name](QUOTED).tolist() == expected
+
+
+SPELLED_OUT = unicodedata.normalize("NFD", "한") + "가\u11ab ᄒᆞᆫ ㅋ"  # NFD, a loose final, old Hangul
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("jamo-position", [1, 2, 3, 2, 3, 0, 1, 2, 3, 0, 0]),  # ㅋ is a letter of its own, not a syllable's part
+    ("syllable-boundary", [0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0]),  # 가 goes on into the loose final
+    ("eojeol-position", [1, 2, 3, 4, 5, 0, 1, 2, 3, 0, 1]),
+])
+def test_korean_features_of_conjoining_jamo(name, expected):
+    assert FEATURES[name](SPELLED_OUT).tolist() == expected
+
+
+SENTENCE = '그는 "밥을 먹고.'
+
+
+@pytest.mark.parametrize("name, expected", [
+    # tokens: 그(ㄱ ㅡ) 는(ㄴ ㅡ ㄴ) ' ' '"' 밥(ㅂ ㅏ ㅂ) 을(ㅇ ㅡ ㄹ) ' ' 먹(ㅁ ㅓ ㄱ) 고(ㄱ ㅗ) '.'
+    ("jamo-position", [1, 2, 1, 2, 3, 0, 0, 1, 2, 3, 1, 2, 3, 0, 1, 2, 3, 1, 2, 0]),
+    ("syllable-boundary", [0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0]),
+    ("eojeol-position", [1, 1, 2, 2, 2, 0, 1, 2, 2, 2, 3, 3, 3, 0, 1, 1, 1, 2, 2, 3]),
+    ("word-position", [1, 1, 2, 2, 2, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 1, 1, 2, 2, 0]),
+])
+def test_a_jamo_model_is_searched_over_its_tokens(tok, name, expected):
+    aligned = align_text(tok, SENTENCE)
+    units, values = search_units(tok, aligned, {name: FEATURES[name](SENTENCE)})
+    assert len(units.char_token) == len(aligned.tokens) == len(expected)
+    assert values[name].tolist() == expected
+
+
+def test_a_jamo_models_character_takes_the_state_after_its_last_jamo(tok):
+    aligned = align_text(tok, "가한a")
+    assert aligned.text == "가한a"
+    assert aligned.char_token.tolist() == [1, 4, 5]  # 가 at its vowel, 한 at its final
+
+
+def test_inspect_finds_units_of_a_jamo_model_by_jamo_position(tmp_path, capsys, tok):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(tok.vocab_size, "gru", hidden=8, embedding=4, bytes_from=tok.bytes_from))
+    path = tmp_path / "jamo.pt"
+    save_checkpoint(path, {"model_config": asdict(model.config), "model": model.state_dict(),
+                           "tokenizer": {"kind": tok.kind, "model": tok.model}})
+    text = tmp_path / "ko.txt"
+    text.write_text(korean_text(1500), encoding="utf-8")
+    for feature in ("jamo-position", "syllable-boundary", "eojeol-position"):
+        capsys.readouterr()
+        assert main(["inspect-neurons", str(path), str(text), "--find", feature, "--top", "3", "--json"]) == 0
+        ranking = json.loads(capsys.readouterr().out)
+        assert len(ranking) == 3 and all(-1 <= entry["score"] <= 1 for entry in ranking)
+        assert abs(ranking[0]["score"]) > 0.1  # an untrained GRU's units already echo what they read
