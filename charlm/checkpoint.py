@@ -22,7 +22,7 @@ import torch
 
 from .errors import CharlmError, UsageError
 from .model import CharRNN, ModelConfig
-from .tokenizer import Tokenizer
+from .tokenizer import KINDS, Tokenizer
 
 FORMAT = "charlm-checkpoint"
 VERSION = 1
@@ -130,7 +130,7 @@ def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device = 
     try:
         config = ModelConfig(**payload["model_config"])
         model = CharRNN(config)
-        tokenizer = Tokenizer(payload["tokenizer"]["model"], payload["tokenizer"]["kind"])
+        tokenizer = tokenizer_from_checkpoint(payload)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise UsageError(f"{path}: damaged checkpoint: its configuration or vocabulary is missing or "
                          "unreadable") from e
@@ -141,6 +141,15 @@ def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device = 
         raise UsageError(f"{path}: damaged checkpoint: its weights do not fit its own configuration "
                          f"({config.cell.upper()} {config.layers}x{config.hidden})") from e
     return model.to(device).eval(), tokenizer
+
+
+def tokenizer_from_checkpoint(payload: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a checkpoint holds; a kind this charlm does not know is named, not a crash."""
+    kind = payload["tokenizer"]["kind"]
+    if kind not in KINDS:
+        raise UsageError(f"{payload.get('path', 'checkpoint')}: its tokenizer is {str(kind)[:40]!r}, which this "
+                          f"charlm does not know (it knows {', '.join(KINDS)}); a newer charlm may read it")
+    return Tokenizer(payload["tokenizer"]["model"], kind)
 
 
 def describe(payload: dict[str, Any]) -> str:

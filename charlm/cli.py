@@ -52,6 +52,8 @@ class Cell(str, Enum):
 
 class TokenizerKind(str, Enum):
     char = "char"
+    jamo = "jamo"
+    auto = "auto"
     unigram = "unigram"
     bpe = "bpe"
 
@@ -177,7 +179,8 @@ def train(
         f"Characters of each progress sample; 0: none. \\[default: {TrainConfig.sample_length}]"))] = None,
     tokenizer: Annotated[Optional[TokenizerKind], typer.Option(
         metavar="KIND", show_default=False,
-        help="char, or a subword model: unigram, bpe. \\[default: char]")] = None,
+        help="char; jamo: Hangul syllables spelled in jamo; auto: jamo for mostly-Hangul text, else char; "
+             f"or a subword model: unigram, bpe. \\[default: {TrainConfig.tokenizer}]")] = None,
     vocab_size: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
         "Vocabulary size (subword tokenizers; caps the characters kept for char)."))] = None,
     encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of the corpus.")] = "utf-8",
@@ -368,7 +371,12 @@ def eval_(
     errors: ErrorsOption = Errors.strict,
     device: Device = "auto",
 ) -> None:
-    """Bits per character of held-out text, with the hidden state carried through it.
+    """Nats and bits per character of held-out text, with the hidden state carried through it.
+
+    Characters are those of the text itself, whatever the tokenizer: a
+    subword piece counts as the characters it spells, a character that fell
+    back to bytes as one, and a Hangul syllable as one for a jamo model too.
+    So models with different tokenizers compare directly, in one table.
 
     [bold]Examples[/]
 
@@ -414,6 +422,9 @@ class Feature(str, Enum):
     line_position = "line-position"
     indent = "indent"
     word_position = "word-position"
+    jamo_position = "jamo-position"
+    syllable_boundary = "syllable-boundary"
+    eojeol_position = "eojeol-position"
 
 
 @app.command("inspect-neurons", cls=options.Command)
@@ -482,6 +493,7 @@ def inspect_neurons(
     charlm inspect-neurons runs/my-run code.py --find bracket-depth --svg b.svg
     charlm inspect-neurons --unit 17 --unit 42 --state c --predictions
     charlm inspect-neurons --find-regex "[0-9]+" --json
+    charlm inspect-neurons runs/ko novel.txt --find jamo-position
     charlm inspect-neurons --saturation
     charlm inspect-neurons runs/my-run code.py --html page.html  [dim]# the explorer[/]
     """

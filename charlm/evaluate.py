@@ -3,7 +3,9 @@
 The text is cut into a few long contiguous streams that are run side by side, each with
 its hidden state carried from chunk to chunk, so almost every character is predicted with
 its full left context while the work stays batched. Losses are summed over tokens and
-divided by characters, so char, unigram and bpe models are compared on the same footing.
+divided by the characters of the original text, so char, jamo, unigram and bpe models are
+compared on the same footing: a jamo model's two or three tokens per Hangul syllable count
+as the one character they spell.
 """
 
 from __future__ import annotations
@@ -141,12 +143,11 @@ def evaluate_text(checkpoint, corpus, device="cpu", keep_losses: bool = False, s
     result = EvalResult(nats=float(losses.double().sum()), chars=total_chars - first, tokens=len(losses))
     shown: list[tuple[str, float | None]] = []
     if keep_losses:
-        decoder = tokenizer.stream_decoder()
         pending = 0.0
         count = 0
-        for i, token in enumerate(tokens[: show_chars * 4].tolist()):
+        # A character's loss is that of all its tokens, shown once it is complete.
+        for i, text in enumerate(tokenizer.token_texts(tokens[: show_chars * 4].tolist())):
             loss = None if i == 0 else float(losses[i - 1])
-            text = decoder(token)
             pending += loss or 0.0
             if text:
                 shown.append((text, pending if i > 0 else None))

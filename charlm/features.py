@@ -6,6 +6,11 @@ reflects: an opening quote gives 1 (now inside a string), its closing quote 0; a
 gives line position 0. Brackets, strings and comments are found by one regular-expression
 scan in C and turned into arrays with numpy, so a megabyte takes a fraction of a second.
 The rules are simple on purpose (see each function); they fit code and ordinary prose.
+
+Three features follow Korean text: where a character ends within a Hangul syllable, where
+syllables end, and how far into a Korean word (어절) it is. A jamo model takes two or three
+steps per syllable, so for it the search runs over tokens (neurons.py): `SPELLED` features
+are then computed on the text as the model reads it, each syllable spelled in jamo.
 """
 
 from __future__ import annotations
@@ -125,6 +130,77 @@ def word_position(text: str) -> np.ndarray:
     return np.where(in_word, index - word_start + 1, 0).astype(np.float32)
 
 
+# Hangul_Syllable_Type of the conjoining jamo (Unicode's HangulSyllableType.txt): leading
+# consonants (L), vowels (V), trailing consonants (T); precomposed syllables are LV or LVT.
+_L_RANGES = ((0x1100, 0x115F), (0xA960, 0xA97C))
+_V_RANGES = ((0x1160, 0x11A7), (0xD7B0, 0xD7C6))
+_T_RANGES = ((0x11A8, 0x11FF), (0xD7CB, 0xD7FB))
+_HANGUL_RANGES = ((0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3131, 0x318E), (0xA960, 0xA97F), (0xD7B0, 0xD7FF),
+                  (0xFFA0, 0xFFDC))  # syllables, conjoining, compatibility and halfwidth jamo
+_L, _V, _T, _LV, _LVT = 1, 2, 3, 4, 5
+
+
+def _in_ranges(points: np.ndarray, ranges) -> np.ndarray:
+    inside = np.zeros(len(points), dtype=bool)
+    for low, high in ranges:
+        inside |= (points >= low) & (points <= high)
+    return inside
+
+
+def _syllable_types(points: np.ndarray) -> np.ndarray:
+    kinds = np.zeros(len(points), dtype=np.int8)
+    kinds[_in_ranges(points, _L_RANGES)] = _L
+    kinds[_in_ranges(points, _V_RANGES)] = _V
+    kinds[_in_ranges(points, _T_RANGES)] = _T
+    offset = points.astype(np.int64) - 0xAC00
+    syllable = (offset >= 0) & (offset < 11172)
+    kinds[syllable] = np.where(offset[syllable] % 28 == 0, _LV, _LVT)
+    return kinds
+
+
+def jamo_position(text: str) -> np.ndarray:
+    """Where a character leaves its Hangul syllable: 1 after an initial consonant, 2 after the
+    vowel, 3 after a final consonant; 0 for anything else (compatibility jamo such as ㅋ are
+    letters of their own: 0). A precomposed syllable is read whole, so it gives 2 (ends on its
+    vowel, 가) or 3 (ends on a final, 각): to a char model, whether the syllable is closed, which
+    picks 은/는 and 이/가 after it. Conjoining jamo (NFD text, old Hangul, and the spelled text a
+    jamo model reads) give their own part."""
+    kinds = _syllable_types(_code_points(text))
+    return np.array([0, 1, 2, 3, 2, 3], dtype=np.float32)[kinds]
+
+
+def syllable_boundary(text: str) -> np.ndarray:
+    """1 on a character that ends a Hangul syllable block, 0 elsewhere. Blocks follow Unicode's
+    grapheme rules for Hangul (UAX #29, GB6-GB8): an initial goes on into a vowel or a syllable,
+    a vowel (or LV syllable) into a vowel or final, a final (or LVT syllable) into a final. So
+    every precomposed syllable ends one, and in spelled text the vowel or final that closes it."""
+    kinds = _syllable_types(_code_points(text))
+    following = np.append(kinds[1:], 0)
+    goes_on = (((kinds == _L) & np.isin(following, (_L, _V, _LV, _LVT)))
+               | (np.isin(kinds, (_V, _LV)) & np.isin(following, (_V, _T)))
+               | (np.isin(kinds, (_T, _LVT)) & (following == _T)))
+    return ((kinds > 0) & ~goes_on).astype(np.float32)
+
+
+def eojeol_position(text: str) -> np.ndarray:
+    """1, 2, 3... through each Korean word (어절: a run of characters between whitespace, with its
+    particles and punctuation attached, that holds some Hangul); 0 on whitespace and in runs
+    without Hangul."""
+    points = _code_points(text)
+    position = np.zeros(len(points), dtype=np.float32)
+    runs = [m.span() for m in re.finditer(r"\S+", text)]
+    if not runs:
+        return position
+    starts = np.array([start for start, _ in runs], dtype=np.int64)
+    index = np.arange(len(points))
+    run_of = np.maximum(np.searchsorted(starts, index, side="right") - 1, 0)  # the run a character is in, if any
+    in_run = _spans_to_mask(len(points), runs) > 0
+    has_hangul = np.bincount(run_of[in_run & _in_ranges(points, _HANGUL_RANGES)], minlength=len(runs)) > 0
+    korean = in_run & has_hangul[run_of]
+    position[korean] = (index - starts[run_of] + 1)[korean]
+    return position
+
+
 def regex_feature(pattern: str, text: str) -> np.ndarray:
     """1 inside the matches of a user's regular expression, 0 elsewhere."""
     try:
@@ -141,7 +217,12 @@ FEATURES: dict[str, Callable[[str], np.ndarray]] = {
     "line-position": line_position,
     "indent": indent,
     "word-position": word_position,
+    "jamo-position": jamo_position,
+    "syllable-boundary": syllable_boundary,
+    "eojeol-position": eojeol_position,
 }
+# Features of a syllable's inside: for a jamo model, computed on the text spelled in jamo.
+SPELLED = ("jamo-position", "syllable-boundary")
 
 
 def compute_feature(name: str, text: str) -> np.ndarray:

@@ -9,7 +9,11 @@ parallel streams, chunk by chunk with the state carried, and the feature search 
 float64 running sums per unit and state (Pearson statistics, saturation counts), so memory
 stays bounded however long the text. Activations are per token; a character takes the state
 after the token that completes it (the last of its byte tokens when it was unseen in
-training; the same token for every character of a subword piece).
+training; the same token for every character of a subword piece; a Hangul syllable's vowel
+or final for a jamo model). A jamo model takes two or three steps per syllable, and what
+happens inside a syllable is what its units may track, so its search runs over tokens
+(`search_units`): each token takes the feature value of the character it belongs to, or for
+features of a syllable's inside, of its jamo in the text spelled out.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from .errors import UsageError
 from .evaluate import stream_count
-from .features import FEATURES, compute_feature, regex_feature
+from .features import FEATURES, SPELLED, compute_feature, regex_feature
 from .model import CharRNN, ModelConfig
 from .tokenizer import Tokenizer
 
@@ -164,17 +168,44 @@ class AlignedText:
         return np.bincount(self.char_token, weights=values, minlength=len(self.tokens))
 
 
-def align_text(tokenizer: Tokenizer, text: str) -> AlignedText:
+    def token_char(self) -> np.ndarray:
+        """For each token, the character it belongs to: the first one completed at or after it."""
+        index = np.searchsorted(self.char_token, np.arange(len(self.tokens)), side="left")
+        return np.minimum(index, max(len(self.char_token) - 1, 0))
+
+
+def align_text(tokenizer: Tokenizer, text: str, compose: bool = True) -> AlignedText:
+    """`text` aligned with its tokens; `compose=False`: a jamo model's text spelled in jamo."""
     tokens = tokenizer.encode(text).astype(np.int64)
     if tokenizer.kind == "char" and len(tokens) == len(text):
         return AlignedText(text, tokens, np.arange(len(text), dtype=np.int64))
-    # Byte fallback or subword pieces: decode token by token to see which characters each completes.
-    decoder = tokenizer.stream_decoder()
-    pieces = [decoder(t) for t in tokens.tolist()]
-    if pieces:
-        pieces[-1] += decoder.flush()
+    return align_tokens(tokenizer, tokens, compose)
+
+
+def align_tokens(tokenizer: Tokenizer, tokens: np.ndarray, compose: bool = True) -> AlignedText:
+    # Byte fallback, jamo or subword pieces: which characters each token completes.
+    pieces = tokenizer.token_texts(tokens.tolist(), compose)
     completed = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
     return AlignedText("".join(pieces), tokens, np.repeat(np.arange(len(tokens), dtype=np.int64), completed))
+
+
+def search_units(tokenizer: Tokenizer, aligned: AlignedText, features: dict[str, np.ndarray]
+                 ) -> tuple[AlignedText, dict[str, np.ndarray]]:
+    """What a search correlates over: characters, or a jamo model's tokens, with each per-character
+    feature moved onto them (module docstring); a feature in SPELLED is computed on the spelled text."""
+    if tokenizer.kind != "jamo" or not len(aligned.tokens):
+        return aligned, features
+    belongs = aligned.token_char()
+    spelled = None
+    moved = {}
+    for name, values in features.items():
+        if name in SPELLED:
+            if spelled is None:
+                spelled = align_tokens(tokenizer, aligned.tokens, compose=False)
+            moved[name] = FEATURES[name](spelled.text)[spelled.token_char()]
+        else:
+            moved[name] = values[belongs]
+    return AlignedText(aligned.text, aligned.tokens, np.arange(len(aligned.tokens), dtype=np.int64)), moved
 
 
 # -- the feature search -------------------------------------------------------------------------------
@@ -379,6 +410,14 @@ class InspectReport:
     views: list[UnitView] = field(default_factory=list)
     guesses: list[list[tuple[str, float]]] | None = None
     saturation: list[GateSaturation] | None = None
+    tokens_searched: int | None = None  # a jamo model's search runs over its tokens, not characters
+
+    @property
+    def searched(self) -> str:
+        """What the scores were computed over, for a title."""
+        if self.tokens_searched is None:
+            return f"{self.chars:,} characters"
+        return f"{self.tokens_searched:,} tokens (syllables spelled in jamo)"
 
     def as_json(self) -> list[dict]:
         """The main result as plain data: the ranking of a search, else the saturation, the best unit
@@ -443,20 +482,22 @@ def inspect(checkpoint: Path | str | dict, text: str, options: InspectOptions, d
         report.feature = name
         values = (compute_feature(options.find, aligned.text) if options.find
                   else regex_feature(options.find_regex, aligned.text))
-        features[name] = _nonconstant(name, values)
+        units, found = search_units(tokenizer, aligned, {name: values})
+        features[name] = _nonconstant(name, found[name])
     elif overview:
-        for name, compute in FEATURES.items():
-            values = compute(aligned.text)
-            if len(values) and values.min() != values.max():
-                features[name] = values
+        units, found = search_units(tokenizer, aligned, {name: f(aligned.text) for name, f in FEATURES.items()})
+        features = {name: values for name, values in found.items() if len(values) and values.min() != values.max()}
+    else:
+        units = aligned
     if overview and not features:
         raise UsageError("the text is too uniform for any built-in feature to vary over it; "
                          "give a longer text, or --unit N to colour it by a unit")
     wanted = {layer: set(states) if features else set() for layer in layers}
     if features or options.saturation:
-        result = scan(model, aligned, features, wanted, options.saturation, device, options.streams,
+        result = scan(model, units, features, wanted, options.saturation, device, options.streams,
                       on_progress=on_progress)
         report.saturation = result.saturation if options.saturation else None
+        report.tokens_searched = len(units.tokens) if units is not aligned else None
         if search:
             ranking = result.rankings[report.feature]
             report.ranking = ranking[: options.top] if options.top else ranking

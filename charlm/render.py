@@ -335,10 +335,10 @@ def inspect_renderables(report) -> list:
     parts: list = [Text(f"{report.checkpoint}: {model.cell.upper()} {model.layers}x{model.hidden}, "
                         f"{report.chars:,} characters inspected", style="dim")]
     if report.overview:
-        parts += [Text(f"the best unit for each feature over {report.chars:,} characters", style="bold"),
+        parts += [Text(f"the best unit for each feature over {report.searched}", style="bold"),
                   overview_table(report.overview)]
     if report.ranking is not None:
-        parts += [Text(f"units that track {report.feature} over {report.chars:,} characters", style="bold"),
+        parts += [Text(f"units that track {report.feature} over {report.searched}", style="bold"),
                   ranking_table(report.ranking)]
     if report.saturation:
         parts += [Text("gate saturation: the share of characters with the gate below 0.1 (left-saturated) "

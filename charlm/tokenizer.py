@@ -3,7 +3,8 @@
 The default `char` tokenizer is a sentencepiece `model_type=char` vocabulary over every
 character of the corpus, with identity normalization, whitespace kept as it is, `\\n` as a
 symbol of its own and byte fallback: a character never seen in training becomes its UTF-8
-bytes instead of crashing or vanishing. `unigram` and `bpe` go through the same class.
+bytes instead of crashing or vanishing. `unigram` and `bpe` go through the same class;
+`jamo`, a char vocabulary that spells Hangul syllables in jamo, is a subclass (jamo.py).
 
 Two things sentencepiece alone would get wrong are handled here:
 - it reads the literal character U+2581 as its own whitespace mark, so that character
@@ -27,7 +28,7 @@ import sentencepiece as spm
 from .config import NUM_BYTES
 from .errors import CharlmError, UsageError
 
-KINDS = ("char", "unigram", "bpe")
+KINDS = ("char", "jamo", "unigram", "bpe")
 META = "\u2581"  # sentencepiece's mark for a space
 _NEEDS_BYTES = re.compile("[\u2581\ud800-\udfff]")
 _TRAIN_TEXT_LIMIT = 200 << 20  # characters read to learn a subword vocabulary
@@ -36,6 +37,13 @@ COUNT_SLICE = 1 << 20  # token ids counted at a time
 
 
 class Tokenizer:
+    def __new__(cls, model: bytes, kind: str = "char"):
+        if cls is Tokenizer and kind == "jamo":  # Tokenizer(model, kind) makes whichever a checkpoint holds
+            from .jamo import JamoTokenizer
+
+            cls = JamoTokenizer
+        return super().__new__(cls)
+
     def __init__(self, model: bytes, kind: str = "char"):
         if kind not in KINDS:
             raise CharlmError(f"unknown tokenizer kind {kind!r}")
@@ -62,9 +70,7 @@ class Tokenizer:
         self.bytes_from = int(self._byte_id[0]) if contiguous else -1
         if kind == "char":
             # A table indexed by code point (-1: not in the vocabulary): encoding is one gather.
-            table = {ord(piece): i for i, piece in enumerate(self._text) if len(piece) == 1}
-            self._id_of_point = np.full(max(table, default=0) + 1, -1, dtype=np.int32)
-            self._id_of_point[list(table)] = list(table.values())
+            self._id_of_point = point_table({ord(piece): i for i, piece in enumerate(self._text) if len(piece) == 1})
 
     # -- encoding ---------------------------------------------------------------------------
     def encode(self, text: str) -> np.ndarray:
@@ -87,7 +93,7 @@ class Tokenizer:
         return np.concatenate(out) if out else np.zeros(0, np.int32)
 
     def _encode_chars(self, text: str) -> np.ndarray:
-        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        points = code_points(text)
         ids = self._id_of_point.take(points, mode="clip")
         ids[points >= len(self._id_of_point)] = -1
         known = ids >= 0
@@ -122,7 +128,7 @@ class Tokenizer:
         """Characters that `ids` decode to, without decoding: each piece's length, and one per
         UTF-8 lead byte among byte-fallback tokens (an approximation only for broken byte runs).
         Read in slices, so a memory-mapped split of any size costs little memory."""
-        lengths = np.array([len(t) for t in self._text], dtype=np.int32)  # 0 for byte pieces
+        lengths = self._chars_per_piece()
         total = 0
         for start in range(0, len(ids), COUNT_SLICE):
             part = np.asarray(ids[start : start + COUNT_SLICE])
@@ -131,8 +137,22 @@ class Tokenizer:
             total += int(lengths[part].sum(dtype=np.int64))
         return total
 
+    def _chars_per_piece(self) -> np.ndarray:
+        return np.array([len(t) for t in self._text], dtype=np.int32)  # 0 for byte pieces
+
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
+
+    def token_texts(self, ids: Iterable[int], compose: bool = True) -> list[str]:
+        """The text of the characters each token ends, one string per token; joined, they are
+        decode(ids). A character belongs to its last token: a byte-fallback character to its
+        last byte, a Hangul syllable of a jamo model to its vowel or final. `compose=False`:
+        a jamo model's decomposed jamo each as their own text (the text as the model reads it)."""
+        decoder = self.stream_decoder() if compose else StreamDecoder(self)
+        pieces = [decoder(int(t)) for t in ids]
+        if pieces:
+            pieces[-1] += decoder.flush()
+        return pieces
 
     def piece_text(self, token_id: int) -> str:
         """What one token shows as on its own (a byte token shows as its hex piece)."""
@@ -176,7 +196,7 @@ def train_tokenizer(chunks: Iterable[str], kind: str = "char", vocab_size: int |
         normalization_rule_name="identity",
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
-        split_by_whitespace=kind != "char",
+        split_by_whitespace=kind not in ("char", "jamo"),
         allow_whitespace_only_pieces=True,
         byte_fallback=True,
         user_defined_symbols=["\n"],
@@ -187,8 +207,13 @@ def train_tokenizer(chunks: Iterable[str], kind: str = "char", vocab_size: int |
         minloglevel=2,
         num_threads=2,
     )
-    if kind == "char":
+    if kind in ("char", "jamo"):
         counts = _count_chars(chunks)
+        if kind == "jamo":
+            from .jamo import symbol_counts
+
+            counts = symbol_counts(counts)
+            options["model_type"] = "char"
         if vocab_size is not None:
             keep = vocab_size - NUM_BYTES - 2
             if keep < 1:
@@ -251,6 +276,18 @@ def _last_line(error: Exception) -> str:
     return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
 
 
+def code_points(text: str) -> np.ndarray:
+    """The code points of `text` as uint32 (lone surrogates included)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def point_table(id_of_point: dict[int, int]) -> np.ndarray:
+    """A table indexed by code point (-1: not in the vocabulary): encoding is one gather."""
+    table = np.full(max(id_of_point, default=0) + 1, -1, dtype=np.int32)
+    table[list(id_of_point)] = list(id_of_point.values())
+    return table
+
+
 def tokens_dtype(vocab_size: int) -> np.dtype:
     """The smallest integer type that holds every id: corpora stay compact in memory and on disk."""
     return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.int32)
@@ -260,7 +297,8 @@ def describe_vocabulary(tokenizer: Tokenizer) -> str:
     """The vocabulary in words: `65 characters (+256 byte fallback)`, `2,000 unigram pieces ...`."""
     byte_tokens = int(np.count_nonzero(tokenizer._byte >= 0))
     symbols = tokenizer.vocab_size - byte_tokens - len(tokenizer._special)
-    what = "characters" if tokenizer.kind == "char" else f"{tokenizer.kind} pieces"
+    what = {"char": "characters", "jamo": "symbols (Hangul syllables as jamo)"}.get(tokenizer.kind,
+                                                                                 f"{tokenizer.kind} pieces")
     return f"{symbols:,} {what}" + (f" (+{byte_tokens} byte fallback)" if byte_tokens else "")
 
 

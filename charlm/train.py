@@ -26,13 +26,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
-from .checkpoint import find_in_run, load_checkpoint, save_checkpoint
+from .checkpoint import find_in_run, load_checkpoint, save_checkpoint, tokenizer_from_checkpoint
 from .corpus import Corpus
 from .data import StreamBatches, count_byte_tokens, encode_corpus, learn_vocabulary, split_tokens
 from .distributed import Dist, from_environment, shutdown
 from .errors import CharlmError, UsageError
 from .evaluate import evaluate_tokens
 from .config import LR_BY_CELL, ModelConfig, TrainConfig
+from .jamo import choose_kind
 from .model import CharRNN, detach_hidden
 from .precision import resolve_precision
 from .progress import NullReporter, Reporter
@@ -676,7 +677,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
             if "precision" in train_options:
                 raise
             raise UsageError(f"this run was begun with {e}") from None
-        tokenizer = Tokenizer(payload["tokenizer"]["model"], payload["tokenizer"]["kind"])
+        tokenizer = tokenizer_from_checkpoint(payload)
         if corpus is None:
             corpus = _stored_corpus(payload)
         out = Path(payload["path"]).parent if out is None else Path(out)
@@ -699,11 +700,15 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
         # Rank 0 makes the folder and the vocabulary; the other ranks take them from it.
         if dist.is_main:
             out = prepare_out_dir(out, corpus, model_options.get("cell", "lstm"), runs_dir, created)
+            config.tokenizer, chose = choose_kind(config.tokenizer, corpus.chunks())
+            if chose:
+                reporter.message(chose)
             tokenizer = learn_vocabulary(corpus, config.tokenizer, config.vocab_size, out.parent / ".cache",
                                          lambda: reporter.message(f"learning a {config.tokenizer} vocabulary "
                                                                   f"from {len(corpus.files)} file(s)"))
         out, model, kind = dist.broadcast((out, tokenizer.model, tokenizer.kind) if dist.is_main else None)
         tokenizer = tokenizer if dist.is_main else Tokenizer(model, kind)
+        config.tokenizer = kind  # what `auto` chose, as the checkpoint records it
         model_config = ModelConfig(tokenizer.vocab_size, bytes_from=tokenizer.bytes_from, **model_options)
     torch.manual_seed(config.seed)
 
