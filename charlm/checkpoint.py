@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 from .errors import CharlmError, UsageError
+from .config import DIRECTIONS
+from .directions import BiLM, build_model
 from .model import CharRNN, ModelConfig
 from .tokenizer import Tokenizer
 
@@ -118,11 +120,15 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer]:
-    """Rebuild the model (in eval mode) and its tokenizer from a loaded checkpoint."""
+def model_from_checkpoint(payload: dict[str, Any],
+                          device: str | torch.device = "cpu") -> tuple[CharRNN | BiLM, Tokenizer]:
+    """Rebuild the model (in eval mode) and its tokenizer from a loaded checkpoint: a CharRNN,
+    or for --direction both a BiLM (directions.py); a checkpoint from before directions reads forward."""
     try:
         config = ModelConfig(**payload["model_config"])
-        model = CharRNN(config)
+        if config.direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {config.direction!r}")
+        model = build_model(config)
         model.load_state_dict(payload["model"])
         tokenizer = Tokenizer(payload["tokenizer"]["model"], payload["tokenizer"]["kind"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -22,19 +22,40 @@ _VISIBLE = {"\n": "↵\n", "\t": "→   ", "\r": "␍"}
 
 
 def eval_table(reports) -> Table:
+    """One row per language model: a biLM's two models get a row each, with a column saying
+    which way each reads (shown when any checkpoint reads otherwise than forward)."""
+    rows = [(r, direction, res) for r in reports for direction, res in (r.directions or {r.direction: r.result}).items()]
+    directed = any(direction != "forward" for _, direction, _ in rows)
     table = Table(title="held-out text", title_justify="left")
     table.add_column("checkpoint", overflow="fold")
+    if directed:
+        table.add_column("reads")
     table.add_column("bits/char", justify="right")
     table.add_column("nats/char", justify="right")
     table.add_column("perplexity", justify="right")
     table.add_column("chars", justify="right")
-    best = min(r.result.nats_per_char for r in reports)
-    for r in reports:
-        res = r.result
-        style = "bold green" if len(reports) > 1 and res.nats_per_char == best else None
-        table.add_row(Text(r.checkpoint), f"{res.bits_per_char:.4f}", f"{res.nats_per_char:.4f}",
+    proper = [res.nats_per_char for _, direction, res in rows if direction not in ("bidirectional", "writing")]
+    best = min(proper, default=None)
+    for r, direction, res in rows:
+        style = "bold green" if len(rows) > 1 and res.nats_per_char == best else None
+        reads = [_READS.get(direction, direction)] if directed else []
+        table.add_row(Text(r.checkpoint), *reads, f"{res.bits_per_char:.4f}", f"{res.nats_per_char:.4f}",
                       f"{res.perplexity:.3f}", f"{res.chars:,}", style=style)
+    notes = [_EVAL_NOTES[d] for d in ("both", "bidirectional") if any(r.direction == d for r in reports)]
+    if notes:
+        table.caption, table.caption_justify = " ".join(notes), "left"
     return table
+
+
+_READS = {"forward": "forward", "backward": "backward", "bidirectional": "both ways (cheats)",
+          "writing": "as it writes"}
+_EVAL_NOTES = {
+    "both": "A biLM (--direction both) is two language models over the same text, one reading it forward, "
+            "one backward: each of its rows is a proper loss per character of the whole text.",
+    "bidirectional": "A bidirectional model (--cheat-demo) has read the character it predicts: its figure is "
+                     "no probability of the text. 'As it writes' predicts each character from the text before "
+                     "it only (at most 4,096 characters, spread over the text).",
+}
 
 
 def heat(fraction: float) -> Style:
@@ -82,6 +103,7 @@ class UnitScale:
     """Where white sits and how far from it full colour is, for one state's values."""
 
     def __init__(self, state: str, values):
+        state = state.rstrip("<")  # a backward unit's state lives where its forward kind does
         if state in _SIGMOID_STATES:
             self.centre, self.half = 0.5, 0.5  # gates live in (0, 1)
         elif state == "c":
@@ -253,6 +275,9 @@ def inspect_renderables(report) -> list:
     model = report.model
     parts: list = [Text(f"{report.checkpoint}: {model.cell.upper()} {model.layers}x{model.hidden}, "
                         f"{report.chars:,} characters inspected", style="dim")]
+    if getattr(model, "direction", "forward") in ("backward", "both"):
+        parts.append(Text("states ending in < are a backward model's: at each character it has read the text "
+                          "from its end down to that character", style="dim"))
     if report.overview:
         parts += [Text(f"the best unit for each feature over {report.chars:,} characters", style="bold"),
                   overview_table(report.overview)]

@@ -28,14 +28,15 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .corpus import Corpus
-from .data import StreamBatches, encode_corpus, learn_vocabulary, split_tokens
+from .data import encode_corpus, learn_vocabulary, split_tokens
+from .directions import build_model, check_supported, evaluate_readers, progress_sample, training_batches
 from .distributed import Dist, from_environment, shutdown
 from .errors import CharlmError, UsageError
 from .evaluate import evaluate_tokens
 from .config import ModelConfig, TrainConfig
 from .model import CharRNN, detach_hidden
 from .progress import NullReporter, Reporter
-from .sample import generate
+from .scheduled import always_forced, teacher_forcing_at
 from .sizing import choose_model
 from .tokenizer import Tokenizer
 
@@ -141,8 +142,9 @@ class Trainer:
         self.device = device
         self.reporter = reporter or NullReporter()
         self.corpus_info = corpus_info or {}
-        self.batches = StreamBatches(train_tokens, config.batch_size, config.seq_len,
-                                     rank=self.dist.rank, world=self.dist.world)
+        # A backward model reads the split reversed; a biLM both ways at once (directions.py).
+        self.batches = training_batches(model.config.direction, train_tokens, config.batch_size, config.seq_len,
+                                        rank=self.dist.rank, world=self.dist.world)
         self.val_tokens, self.val_chars = val_tokens, val_chars
         decay, no_decay = [], []
         for name, p in model.named_parameters():
@@ -163,6 +165,8 @@ class Trainer:
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         )
         self.lr = config.lr
+        self.teacher_forcing = config.teacher_forcing  # this step's probability of a true input
+        self.val_by_direction: dict[str, float] = {}  # the last validation, per language model
         self._bad_steps = 0  # non-finite steps in a row
 
     # -- the schedule -----------------------------------------------------------------------
@@ -195,9 +199,10 @@ class Trainer:
         self.lr = lr_at(c, s.step, self.progress()) * s.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
+        self.teacher_forcing = teacher_forcing_at(c, self.progress())
         self.model.train()
         with self.autocast:
-            _, loss, hidden = self.ddp(x, self.hidden, y)
+            _, loss, hidden = self.ddp(x, self.hidden, y, teacher_forcing=self.teacher_forcing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = c.grad_clip if c.grad_clip > 0 else math.inf
@@ -237,24 +242,29 @@ class Trainer:
 
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> float | None:
+        """Held-out nats per character; a biLM's is the mean of its two models' (each is kept
+        in val_by_direction), so that best.pt keeps the best pair."""
         if len(self.val_tokens) < 2:
             return None
-        result = evaluate_tokens(self.model, self.val_tokens, self.val_chars, self.device)
-        return result.nats_per_char
+        if self.model.config.direction == "forward":
+            results = {"forward": evaluate_tokens(self.model, self.val_tokens, self.val_chars, self.device)}
+        else:
+            results = evaluate_readers(self.model, self.val_tokens, self.tokenizer.count_chars, self.device)
+        self.val_by_direction = {d: r.nats_per_char for d, r in results.items()}
+        return sum(self.val_by_direction.values()) / len(results)
 
     def sample_text(self) -> str:
         if self.config.sample_length <= 0:
             return ""
         gen = torch.Generator().manual_seed(self.state.step)
-        pieces = generate(self.model, self.tokenizer, prime="", length=self.config.sample_length,
-                          temperature=0.8, generator=gen, device=self.device)
-        return "".join(pieces)
+        return progress_sample(self.model, self.tokenizer, self.config.sample_length, gen, self.device)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
         c, s = self.config, self.state
         self._bad_steps = 0
-        chars_per_step = c.batch_size * c.seq_len
+        # A biLM's step reads every chunk twice, once each way.
+        chars_per_step = c.batch_size * c.seq_len * (2 if self.model.config.direction == "both" else 1)
         last_val: float | None = None
         eval_cost = 0.0  # seconds the last validation + sample took
         next_eval = None
@@ -325,6 +335,10 @@ class Trainer:
             else:
                 final_val = self._validate_and_save()
                 last_val = final_val if final_val is not None else last_val
+                if final_val is not None and len(self.val_by_direction) > 1:
+                    self.reporter.message("validation: " + ", ".join(
+                        f"{d} {v:.4f} nats/char = {v / math.log(2):.4f} bits/char"
+                        for d, v in self.val_by_direction.items()) + "; the line below gives their mean")
         self.reporter.finish(step=s.step, loss=shown_loss, val=last_val, elapsed=s.elapsed)
         if interrupted:
             raise CharlmError(
@@ -336,7 +350,7 @@ class Trainer:
 
     def _report(self, window: _LogWindow, last_val: float | None) -> tuple[float, float]:
         """Log and show the window's mean loss, gradient norm and speed; returns (loss, chars/s)."""
-        s = self.state
+        c, s = self.config, self.state
         entry, finite = window.close()
         if self.defer_checks:  # now the host learns which of the window's steps were skipped
             first = s.step - len(finite)  # the step count when the window's first step began
@@ -345,6 +359,8 @@ class Trainer:
                     self._bad_steps = 0
                 else:
                     self._skip_bad_step(first + n, reset_state=False)
+        if not always_forced(c):
+            entry["teacher_forcing"] = round(self.teacher_forcing, 4)  # at the window's last step
         self.log({"step": s.step, **entry, "lr": self.lr, "elapsed": round(s.elapsed, 3)})
         self.reporter.update(step=s.step, loss=entry["loss"], val=last_val, chars_per_sec=entry["chars_per_sec"],
                              progress=self.progress(), elapsed=s.elapsed, grad_norm=entry["grad_norm"],
@@ -369,6 +385,8 @@ class Trainer:
         names = ["last.pt"]
         if val is not None:
             entry = {"step": s.step, "val_nats_per_char": val, "elapsed": round(s.elapsed, 3)}
+            if len(self.val_by_direction) > 1:  # a biLM: its two models' figures, val being their mean
+                entry["val_by_direction"] = dict(self.val_by_direction)
             s.history.append(entry)
             self.log(entry)
             self.reporter.validated(step=s.step, val=val)
@@ -615,6 +633,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
     if resume is not None:
         payload = load_checkpoint(resume)
         config, model_config = _resumed_configs(payload, train_options, model_options)
+        check_supported(model_config.direction, config, dist.active, device)
         tokenizer = Tokenizer(payload["tokenizer"]["model"], payload["tokenizer"]["kind"])
         if corpus is None:
             corpus = _stored_corpus(payload)
@@ -635,6 +654,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
             raise UsageError("no corpus given")
         config = TrainConfig(**train_options)
         config.validate()
+        check_supported(model_options.get("direction", "forward"), config, dist.active, device)
         if not config.stop_given:
             config.epochs = 1.0
         # Rank 0 makes the folder and the vocabulary; the other ranks take them from it.
@@ -672,7 +692,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
                 reporter.message(reason)
         model_config = dist.broadcast(model_config)
 
-    model = CharRNN(model_config)
+    model = build_model(model_config)
     if dist.active:  # the weights come from rank 0 (DistributedDataParallel); dropout masks differ by rank
         torch.manual_seed(_rank_seed(config.seed, dist.rank))
     corpus_info = {"files": [str(f) for f in corpus.files[:1000]], "encoding": corpus.encoding,
