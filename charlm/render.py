@@ -47,7 +47,7 @@ def eval_table(reports) -> Table:
     return table
 
 
-_READS = {"forward": "forward", "backward": "backward", "bidirectional": "both ways (cheats)",
+_READS = {"forward": "forward", "backward": "backward", "bidirectional": "both ways",
           "writing": "as it writes"}
 _EVAL_NOTES = {
     "both": "A biLM (--direction both) is two language models over the same text, one reading it forward, "

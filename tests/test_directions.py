@@ -279,7 +279,7 @@ def test_the_cheat_demo_shows_a_near_zero_loss_and_a_model_that_cannot_write(run
     # worse than the honest model it seemed to beat, and many times worse than its own figure.
     assert writing > honest + 0.1 and writing > 4 * reading
     code, out, _ = run(["eval", tmp_path / "cheat", runs["corpus"]], capsys)
-    assert code == 0 and "cheats" in out and "no probability of the text" in out and "as it writes" in out
+    assert code == 0 and "both ways" in out and "no probability of the text" in out and "as it writes" in out
     code, out, _ = run(["sample", tmp_path / "cheat", "--length", "50", "--seed", "1"], capsys)
     assert code == 0 and len(out) == 51
     code, _, err = run(["inspect-neurons", tmp_path / "cheat"], capsys)
