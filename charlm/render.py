@@ -24,7 +24,8 @@ _VISIBLE = {"\n": "↵\n", "\t": "→   ", "\r": "␍"}
 def eval_table(reports) -> Table:
     """One row per language model: a biLM's two models get a row each, with a column saying
     which way each reads (shown when any checkpoint reads otherwise than forward)."""
-    rows = [(r, direction, res) for r in reports for direction, res in (r.directions or {r.direction: r.result}).items()]
+    rows = [(r, direction, res) for r in reports
+            for direction, res in (r.directions or {r.direction: r.result}).items()]
     directed = any(direction != "forward" for _, direction, _ in rows)
     table = Table(title="held-out text", title_justify="left")
     table.add_column("checkpoint", overflow="fold")

@@ -293,3 +293,15 @@ def test_readers_list_each_language_model_forward_first(runs):
     backward = readers(model)[1]
     tokens = np.arange(5)
     assert backward.order(tokens).tolist() == [4, 3, 2, 1, 0]
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward", "both", "bidirectional"])
+def test_training_can_show_a_sample_from_a_model_of_every_direction(direction):
+    from charlm.directions import build_model, progress_sample
+
+    tokenizer = train_tokenizer(["the cat sat on the mat\n"], "char")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(tokenizer.vocab_size, hidden=8, embedding=4, direction=direction))
+    first = progress_sample(model, tokenizer, 30, torch.Generator().manual_seed(0), "cpu")
+    again = progress_sample(model, tokenizer, 30, torch.Generator().manual_seed(0), "cpu")
+    assert first == again and 0 < len(first) <= 30
