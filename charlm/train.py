@@ -200,9 +200,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         self.teacher_forcing = teacher_forcing_at(c, self.progress())
+        # Only below 1 does the model hear of it: the default step is the call it always was.
+        forcing = {"teacher_forcing": self.teacher_forcing} if self.teacher_forcing < 1 else {}
         self.model.train()
         with self.autocast:
-            _, loss, hidden = self.ddp(x, self.hidden, y, teacher_forcing=self.teacher_forcing)
+            _, loss, hidden = self.ddp(x, self.hidden, y, **forcing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = c.grad_clip if c.grad_clip > 0 else math.inf
