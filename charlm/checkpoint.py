@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 from .errors import CharlmError, UsageError
+from .config import DIRECTIONS
+from .directions import BiLM, build_model
 from .model import CharRNN, ModelConfig
 from .tokenizer import KINDS, Tokenizer
 
@@ -124,12 +126,16 @@ def as_payload(checkpoint: Path | str | dict[str, Any]) -> dict[str, Any]:
     return checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
 
 
-def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device = "cpu") -> tuple[CharRNN, Tokenizer]:
-    """Rebuild the model (in eval mode) and its tokenizer from a loaded checkpoint."""
+def model_from_checkpoint(payload: dict[str, Any],
+                          device: str | torch.device = "cpu") -> tuple[CharRNN | BiLM, Tokenizer]:
+    """Rebuild the model (in eval mode) and its tokenizer from a loaded checkpoint: a CharRNN,
+    or for --direction both a BiLM (directions.py); a checkpoint from before directions reads forward."""
     path = payload.get("path", "checkpoint")
     try:
         config = ModelConfig(**payload["model_config"])
-        model = CharRNN(config)
+        if config.direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {config.direction!r}")
+        model = build_model(config)
         tokenizer = tokenizer_from_checkpoint(payload)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise UsageError(f"{path}: damaged checkpoint: its configuration or vocabulary is missing or "

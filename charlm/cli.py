@@ -70,6 +70,13 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class Direction(str, Enum):
+    forward = "forward"
+    backward = "backward"
+    both = "both"
+    bidirectional = "bidirectional"
+
+
 class Errors(str, Enum):
     strict = "strict"
     replace = "replace"
@@ -183,6 +190,18 @@ def train(
              f"or a subword model: unigram, bpe. \\[default: {TrainConfig.tokenizer}]")] = None,
     vocab_size: Annotated[Optional[int], typer.Option(**POSITIVE_INT, help=(
         "Vocabulary size (subword tokenizers; caps the characters kept for char)."))] = None,
+    direction: Annotated[Optional[Direction], typer.Option(metavar="NAME", show_default=False, help=(
+        "forward: read left to right, predict the next character; backward: read right to left, predict "
+        "the previous one; both: the two in one run, one checkpoint (a biLM; twice the work per step); "
+        "bidirectional: refused, see --cheat-demo. \\[default: forward]"))] = None,
+    cheat_demo: Annotated[bool, typer.Option("--cheat-demo", help=(
+        "Train a single bidirectional RNN to predict the next character anyway, to watch it cheat: its "
+        "backward half reads the answer, the loss falls to near zero, and its samples are garbage."))] = False,
+    teacher_forcing: Annotated[Optional[str], typer.Option(metavar="P|START:END", show_default=False, help=(
+        "P: the probability that a step's input is the true previous character rather than one drawn "
+        "from the model (scheduled sampling); START:END moves it linearly over the run, e.g. 1:0. "
+        "Below 1 the cells run one character at a time instead of one fused kernel per chunk: "
+        "several times slower per step. \\[default: 1]"))] = None,
     encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of the corpus.")] = "utf-8",
     errors: ErrorsOption = Errors.strict,
     out: Annotated[Optional[Path], typer.Option(metavar="FOLDER", show_default=False,
@@ -206,9 +225,13 @@ def train(
     charlm train shakespeare.txt --cell gru --time-budget 300
     charlm train notes/ --layers 2 --hidden 256 --epochs 5
     charlm train --resume runs/my-run --max-steps 20000
+    charlm train shakespeare.txt --direction both --time-budget 300   [dim]# a biLM[/]
+    charlm train shakespeare.txt --teacher-forcing 1:0 --time-budget 60
     """
+    from .cheat import direction_asked
     from .corpus import open_corpus
     from .progress import RichReporter
+    from .scheduled import parse_teacher_forcing
     from .train import train as run_training
 
     if no_clip:
@@ -220,7 +243,9 @@ def train(
         corpus = open_corpus(paths or [], encoding, errors.value)
         _note_skipped(corpus)
     model_options = {"cell": cell.value if cell else None, "layers": layers, "hidden": hidden,
-                     "embedding": embedding, "dropout": dropout}
+                     "embedding": embedding, "dropout": dropout,
+                     "direction": direction_asked(direction.value if direction else None, cheat_demo)}
+    forcing = parse_teacher_forcing(teacher_forcing) if teacher_forcing is not None else (None, None)
     train_options = {
         "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "schedule": schedule.value if schedule else None,
         "warmup_steps": warmup_steps, "weight_decay": weight_decay, "grad_clip": grad_clip,
@@ -228,6 +253,8 @@ def train(
         "checkpoint_every": checkpoint_every, "sample_length": sample_length,
         "tokenizer": tokenizer.value if tokenizer else None, "vocab_size": vocab_size, "seed": seed,
         "device": device, "precision": precision.value if precision else None,
+        # A constant P ends where it starts, so that it also replaces a resumed run's schedule.
+        "teacher_forcing": forcing[0], "teacher_forcing_end": forcing[1] if forcing[1] is not None else forcing[0],
     }
     result = run_training(corpus, model_options, train_options, out=out, resume=resume, runs_dir=RUNS_DIR,
                           reporter=RichReporter(_stderr()))
@@ -287,6 +314,9 @@ def sample(
         metavar="CORPUS", show_default=False,
         help="Afterwards, show on stderr which share of the sampled 10-, 20- and 40-character "
              "n-grams never occur in this training text (file or folder).")] = None,
+    backward: Annotated[bool, typer.Option("--backward", help=(
+        "Write the text that leads up to --prime, with a backward or both model: the prime is the "
+        "ending. The text grows leftwards, so it is printed once complete, in reading order."))] = False,
     device: Device = "auto",
 ) -> None:
     """Generate text, streamed to stdout as it is made.
@@ -297,10 +327,12 @@ def sample(
     charlm sample runs/my-run --prime "def " --length 300 --stop "\\n\\n"
     charlm sample --num-samples 5 --top-p 0.9 --seed 1
     charlm sample --novelty shakespeare.txt     [dim]# is it copying its corpus?[/]
+    charlm sample runs/bilm --backward --prime "the end." --length 200
     """
     import torch
 
     from .checkpoint import model_from_checkpoint, trained_on_bytes
+    from .directions import choose_reader
     from .sample import generate_batch, write_samples
     from .train import pick_device
 
@@ -315,15 +347,29 @@ def sample(
     payload = _checkpoint(checkpoint)
     dev = pick_device(device)
     model, tokenizer = model_from_checkpoint(payload, dev)
+    reader = choose_reader(model, backward, payload["path"])
     generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)
     else:
         generator.seed()
-    stream = generate_batch(model, tokenizer, prime, length, num_samples, temp, top_k, top_p,
-                            stop or None, generator, dev, bytes_seen=trained_on_bytes(payload))
+    options = (num_samples, temp, top_k, top_p, stop or None, generator, dev)
+    bytes_seen = trained_on_bytes(payload)
     try:
-        texts = write_samples(stream, sys.stdout, prime, num_samples)
+        if reader.backward:
+            from .backward import generate_backward, write_backward
+
+            texts = generate_backward(reader.model, tokenizer, prime, length, *options, bytes_seen=bytes_seen)
+            write_backward(texts, sys.stdout, prime)
+        else:
+            if reader.direction == "bidirectional":
+                from .cheat import generate_cheating
+
+                window = (payload.get("train_config") or {}).get("seq_len", 64)
+                stream = iter([generate_cheating(reader.model, tokenizer, prime, length, *options, window=window)])
+            else:
+                stream = generate_batch(reader.model, tokenizer, prime, length, *options, bytes_seen=bytes_seen)
+            texts = write_samples(stream, sys.stdout, prime, num_samples)
     except BrokenPipeError:  # charlm sample | head -1: the reader has all it wants
         _drop_stdout()
         return
@@ -406,9 +452,9 @@ def eval_(
         Console(highlight=False, stderr=json_output).print(Group(*views))
     if json_output:
         if len(results) == 1:
-            print(json.dumps(results[0].result.as_dict()))
+            print(json.dumps(results[0].as_dict()))
         else:
-            print(json.dumps([{"checkpoint": str(r.checkpoint), **r.result.as_dict()} for r in results]))
+            print(json.dumps([{"checkpoint": str(r.checkpoint), **r.as_dict()} for r in results]))
     else:
         Console().print(eval_table(results))
     if html is not None or svg is not None:
@@ -442,7 +488,8 @@ def inspect_neurons(
     state: Annotated[Optional[str], typer.Option(
         metavar="NAME", show_default=False,
         help="h, or c (LSTM cell), or a gate: input, forget, output, candidate (LSTM); reset, update, "
-             "candidate (GRU). With --unit: \\[default: h]; with --find: search only it.")] = None,
+             "candidate (GRU); a backward model's end in < (h<, c<...). With --unit: \\[default: h, or h< "
+             "for a backward model]; with --find: search only it.")] = None,
     find: Annotated[Optional[Feature], typer.Option(
         metavar="FEATURE", show_default=False,
         help="Rank every unit of every layer and state by how well it tracks this feature: "
@@ -585,7 +632,13 @@ def compare(
     paths: Annotated[Optional[list[Path]], typer.Argument(
         metavar="[PATHS]...", show_default=False,
         help="Text files or folders. None: the Python standard library's source.")] = None,
-    cells: Annotated[str, typer.Option(metavar="LIST", help="Cells to train, comma-separated.")] = "rnn,gru,lstm",
+    cells: Annotated[Optional[str], typer.Option(metavar="LIST", show_default=False, help=(
+        "Cells to train, comma-separated. \\[default: rnn,gru,lstm; lstm with several --teacher-forcing "
+        "settings]"))] = None,
+    teacher_forcing: Annotated[Optional[str], typer.Option(metavar="LIST", show_default=False, help=(
+        "Teacher-forcing settings to compare, comma-separated (P, or START:END over the run), e.g. 1,0.5,0: "
+        "one cell trained once per setting; the table adds how far each model's own text is from real "
+        "text. One setting: every cell trains with it. \\[default: 1]"))] = None,
     time_budget: Annotated[Optional[float], typer.Option(
         metavar="SECONDS", callback=options.positive, show_default=False,
         help="Seconds of training per cell. \\[default: 60, unless --max-steps is given]")] = None,
@@ -623,15 +676,17 @@ def compare(
     device: Annotated[Optional[str], typer.Option(metavar="NAME",
                                                   help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
 ) -> None:
-    """Train several cells on the same text, split, budget and seed, and compare them in one table.
+    """Train several cells, or one cell with several teacher-forcing settings, on the same text,
+    split, budget and seed, and compare them in one table.
 
     [bold]Examples[/]
 
     charlm compare --time-budget 60             [dim]# rnn, gru, lstm, built-in text[/]
     charlm compare shakespeare.txt --params 100000  [dim]# matched parameters[/]
     charlm compare notes.txt --cells gru,lstm --hidden 256 --max-steps 500
+    charlm compare shakespeare.txt --teacher-forcing 1,0.5,0 --time-budget 30
     """
-    from .compare import compare_cells, comparison_table, loss_chart, parse_cells
+    from .compare import comparison_table, loss_chart, run_comparison
     from .corpus import open_corpus
 
     corpus = open_corpus(paths or [], encoding, errors.value)
@@ -640,8 +695,9 @@ def compare(
     train_options = {"time_budget": time_budget, "max_steps": max_steps, "batch_size": batch_size,
                      "seq_len": seq_len, "lr": lr, "grad_clip": grad_clip, "sample_length": sample_length,
                      "val_fraction": val_fraction, "seed": seed, "device": device}
-    comparison = compare_cells(corpus, parse_cells(cells), model_options, train_options, params=params,
-                               out=out, runs_dir=RUNS_DIR, console=_stderr())
+    comparison = run_comparison(corpus, cells, teacher_forcing, model_options=model_options,
+                                train_options=train_options, params=params, out=out, runs_dir=RUNS_DIR,
+                                console=_stderr())
     if json_output:
         print(json.dumps(comparison.as_dict()))
     else:

@@ -15,6 +15,9 @@ CELLS = ("rnn", "gru", "lstm")
 PRECISIONS = ("auto", "fp32", "bf16")  # of a training step (precision.py)
 NUM_BYTES = 256  # a vocabulary's byte-fallback tokens, one per byte value
 SCHEDULES = ("linear", "cosine", "constant")
+# Which way a model reads its text (directions.py): left to right, right to left, or both
+# ways as two language models (a biLM); "bidirectional" is the single model that cheats (cheat.py).
+DIRECTIONS = ("forward", "backward", "both", "bidirectional")
 
 
 @dataclass
@@ -42,6 +45,11 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast where the device has native bf16 (precision.py)
     tokenizer: str = "char"
     vocab_size: int | None = None
+    # The probability that a step's input is the true previous character rather than one drawn
+    # from the model (scheduled sampling, scheduled.py); with teacher_forcing_end it goes
+    # linearly from the one to the other over the run. 1.0: always the truth, the fused fast path.
+    teacher_forcing: float = 1.0
+    teacher_forcing_end: float | None = None
 
     def validate(self) -> None:
         positive = ["batch_size", "seq_len", "lr", "max_steps", "epochs", "time_budget", "checkpoint_every"]
@@ -61,6 +69,10 @@ class TrainConfig:
             raise UsageError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise UsageError("--grad-clip, --weight-decay and --warmup-steps must not be negative")
+        for name in ("teacher_forcing", "teacher_forcing_end"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:  # nan fails too
+                raise UsageError(f"--teacher-forcing: a probability must be in [0, 1], got {value}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
@@ -86,6 +98,8 @@ class ModelConfig:
     # real symbols plus one "some byte" escape, and a second small head picks the byte only
     # where one is needed: the 256 byte rows, rare in any text, cost nothing per character.
     bytes_from: int = -1
+    # Which way the model reads (DIRECTIONS); checkpoints from before it existed read forward.
+    direction: str = "forward"
 
 
 # What a new run gets where the user did not choose (sizing.py; measured in bench/README.md).

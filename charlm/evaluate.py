@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -114,17 +114,41 @@ class EvalReport:
     """The result of `charlm eval` for one checkpoint, with what --show needs."""
 
     checkpoint: str
-    result: EvalResult
+    result: EvalResult  # the first language model's: the forward one, if the checkpoint has one
     shown: list[tuple[str, float | None]]  # (text of a token, its loss in nats) for the start of the text
     text_chars: int = 0  # characters of the whole text, of which `shown` holds the first
+    direction: str = "forward"  # the model's: forward, backward, both (a biLM) or bidirectional (cheats)
+    directions: dict[str, EvalResult] = field(default_factory=dict)  # each language model's own result
+
+    def as_dict(self) -> dict:
+        """The figures of `result`; for a model that does not only read forward, also which way it
+        reads, each language model's figures and, for a biLM or the cheat, what they mean."""
+        data = self.result.as_dict()
+        if self.direction != "forward":
+            data["direction"] = self.direction
+            data["directions"] = {name: res.as_dict() for name, res in self.directions.items()}
+            if self.direction in DIRECTION_NOTES:
+                data["note"] = DIRECTION_NOTES[self.direction]
+        return data
+
+
+DIRECTION_NOTES = {
+    "both": "two language models over the same text, one reading forward, one backward; each direction's "
+            "figures are a proper loss per character of the text; the top-level figures are the forward model's",
+    "bidirectional": "a single bidirectional model (--cheat-demo) reads the character it predicts: its "
+                     "figures are no probability of the text; 'writing' scores each character from the text "
+                     "before it only, as the model writes",
+}
 
 
 def evaluate_text(checkpoint, corpus, device="cpu", keep_losses: bool = False, show_chars: int = 3000,
                   streams: int = DEFAULT_STREAMS) -> EvalReport:
-    """Evaluate a checkpoint (a path, or a loaded one) on a Corpus of held-out text. With
-    `keep_losses`, the report keeps the first `show_chars` characters at most, cut at the end
-    of a line, with each token's loss."""
+    """Evaluate a checkpoint (a path, or a loaded one) on a Corpus of held-out text: each of its
+    language models, each reading the text its own way (directions.py). With `keep_losses`, the
+    report keeps the first `show_chars` characters at most, cut at the end of a line, with each
+    token's loss (the first language model's)."""
     from .checkpoint import as_payload, model_from_checkpoint
+    from .directions import readers
     from .render import cut_at_line
 
     payload = as_payload(checkpoint)
@@ -138,19 +162,33 @@ def evaluate_text(checkpoint, corpus, device="cpu", keep_losses: bool = False, s
         from .errors import UsageError
 
         raise UsageError(f"{corpus.files[0]}: too short to evaluate (at least 2 characters are needed)")
-    losses = token_losses(model, tokens, device, streams)
-    first = tokenizer.count_chars(tokens[:1]) or 1
-    result = EvalResult(nats=float(losses.double().sum()), chars=total_chars - first, tokens=len(losses))
+    results, shown_losses = {}, None
+    for reader in readers(model):
+        ordered = reader.order(tokens)
+        losses = token_losses(reader.model, ordered, device, streams)
+        first = tokenizer.count_chars(ordered[:1]) or 1  # read, never predicted
+        results[reader.direction] = EvalResult(nats=float(losses.double().sum()), chars=total_chars - first,
+                                               tokens=len(losses))
+        if shown_losses is None:  # the first model's losses colour --show
+            shown_losses, backward = losses, reader.backward
+        if reader.direction == "bidirectional":  # the cheat: also what it is worth as a writer
+            from .cheat import writing_loss
+
+            window = (payload.get("train_config") or {}).get("seq_len", 64)
+            results["writing"] = writing_loss(reader.model, tokens, total_chars / len(tokens), window, device)
     shown: list[tuple[str, float | None]] = []
     if keep_losses:
         pending = 0.0
         count = 0
+        n = len(tokens)
         # A character's loss is that of all its tokens, shown once it is complete.
         for i, text in enumerate(tokenizer.token_texts(tokens[: show_chars * 4].tolist())):
-            loss = None if i == 0 else float(losses[i - 1])
+            # Token i's own loss; the token read first (the first, or backwards the last) has none.
+            at = n - 2 - i if backward else i - 1
+            loss = float(shown_losses[at]) if 0 <= at < n - 1 else None
             pending += loss or 0.0
             if text:
-                shown.append((text, pending if i > 0 else None))
+                shown.append((text, pending if loss is not None or pending else None))
                 pending = 0.0
                 count += len(text)
                 if count >= show_chars:
@@ -162,4 +200,6 @@ def evaluate_text(checkpoint, corpus, device="cpu", keep_losses: bool = False, s
             if count < keep:
                 shown.append((piece[: keep - count], loss))
                 count = keep
-    return EvalReport(checkpoint=str(payload["path"]), result=result, shown=shown, text_chars=total_chars)
+    first = next(iter(results.values()))
+    return EvalReport(checkpoint=str(payload["path"]), result=first, shown=shown, text_chars=total_chars,
+                      direction=model.config.direction, directions=results)

@@ -11,6 +11,7 @@ held fixed and not part of the norm, so all three cells are measured on the same
 A checkpoint is measured in float64, so a gradient that has vanished far below float32's
 smallest number (about 1e-45) still shows how far it fell instead of reading 0.
 Windows are processed in groups so memory stays small whatever the number of positions.
+A backward model is measured over the text reversed, as it reads; a biLM by its forward model.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rich.text import Text
 from .charts import Series, line_chart
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .corpus import Corpus
+from .directions import readers
 from .errors import UsageError
 from .model import CharRNN
 
@@ -46,12 +48,13 @@ class GradientFlow:
     params: int
     positions: int
     norms: list[float]  # norms[k]: mean over positions of |dL_t / ds_{t-k}|
+    direction: str = "forward"  # the language model measured: forward, or backward over the text reversed
 
     def as_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "cell": self.cell, "layers": self.layers,
                 "hidden": self.hidden,
                 "params": self.params, "positions": self.positions, "k": list(range(len(self.norms))),
-                "grad_norm": self.norms}
+                "grad_norm": self.norms, "direction": self.direction}
 
 
 def window_ends(n_tokens: int, max_k: int, warmup: int, count: int) -> list[int]:
@@ -127,9 +130,13 @@ def gradient_flow(checkpoint: Path | str, text: Corpus | None = None, max_k: int
         raise UsageError("--max-k and --warmup must not be negative, --positions must be positive")
     payload = load_checkpoint(checkpoint)
     model, tokenizer = model_from_checkpoint(payload, device)
-    model = model.double()
+    reader = readers(model)[0]
+    if reader.direction == "bidirectional":
+        raise UsageError(f"{payload['path']}: the bidirectional model of --cheat-demo has no gradient through "
+                         "time to measure one way; measure a language model")
+    model = reader.model.double()
     source = text if text is not None else _training_corpus(payload)
-    tokens = torch.from_numpy(tokenizer.encode(_read_start(source)).astype(np.int64))
+    tokens = torch.from_numpy(reader.order(tokenizer.encode(_read_start(source))).astype(np.int64))
     ends = window_ends(len(tokens), max_k, warmup, positions)
     if not ends:
         raise UsageError(f"{source.files[0]}: too short for --max-k {max_k}: at least "
@@ -137,7 +144,7 @@ def gradient_flow(checkpoint: Path | str, text: Corpus | None = None, max_k: int
     norms = gradient_norms(model, tokens, ends, max_k, warmup).mean(dim=0)
     config = model.config
     return GradientFlow(str(payload["path"]), config.cell, config.layers, config.hidden, model.num_params(),
-                        len(ends), norms.tolist())
+                        len(ends), norms.tolist(), reader.direction)
 
 
 def _training_corpus(payload: dict[str, Any]) -> Corpus:
@@ -164,7 +171,8 @@ def flow_chart(flows: list[GradientFlow], width: int = 64, height: int = 16) -> 
     series = []
     for flow in flows:
         last = len(flow.norms) - 1
-        name = f"{flow.cell} {flow.layers}x{flow.hidden} {flow.checkpoint}: {flow.norms[0]:.1e} at k=0, " \
+        which = "" if flow.direction == "forward" else f" ({flow.direction})"
+        name = f"{flow.cell} {flow.layers}x{flow.hidden} {flow.checkpoint}{which}: {flow.norms[0]:.1e} at k=0, " \
                f"{flow.norms[last]:.1e} at k={last}"
         series.append(Series(name, list(range(len(flow.norms))), flow.norms))
     positions = ", ".join(sorted({str(f.positions) for f in flows}))

@@ -11,6 +11,13 @@ charlm made it): one softmax over the real symbols plus an escape, and a 256-way
 softmax after the escape. Byte tokens stand only for characters unseen in training, so
 training and evaluation almost never compute the byte softmax; with 65 characters, the
 factored head is a fifth of the size of a plain one over all 322 tokens.
+
+With a teacher-forcing probability below 1, `forward` runs the cells one character at a
+time with gradients (`advance`), since an input may be the model's own draw from the step
+before (scheduled.py). A model's `config.direction` says which way it reads its text
+(directions.py); the model itself always reads the ids it is given in order. Only the
+"bidirectional" model of `charlm train --cheat-demo` (cheat.py) differs here: its recurrent
+layers also run right to left, and the head reads both directions' outputs.
 """
 
 from __future__ import annotations
@@ -35,40 +42,53 @@ class CharRNN(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embedding)
         rnn_class = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
+        self.reads_ahead = config.direction == "bidirectional"  # the cheat of cheat.py
         self.rnn = rnn_class(
             config.embedding,
             config.hidden,
             config.layers,
             batch_first=True,
             dropout=config.dropout if config.layers > 1 else 0.0,
+            bidirectional=self.reads_ahead,
         )
         self.drop = nn.Dropout(config.dropout)
         self.factored = config.bytes_from >= 0
+        width = config.hidden * (2 if self.reads_ahead else 1)  # what the head reads
         if self.factored:
             # Real symbols plus one escape meaning "a byte token"; the byte itself comes from byte_head.
-            self.head = nn.Linear(config.hidden, config.vocab_size - NUM_BYTES + 1)
-            self.byte_head = nn.Linear(config.hidden, NUM_BYTES)
+            self.head = nn.Linear(width, config.vocab_size - NUM_BYTES + 1)
+            self.byte_head = nn.Linear(width, NUM_BYTES)
         else:
-            self.head = nn.Linear(config.hidden, config.vocab_size)
+            self.head = nn.Linear(width, config.vocab_size)
         if config.cell == "lstm":
             # Start with the forget gate open, so memory survives from the first step.
             hidden = config.hidden
             for layer in range(config.layers):
-                with torch.no_grad():
-                    getattr(self.rnn, f"bias_ih_l{layer}")[hidden : 2 * hidden].fill_(1.0)
-                    getattr(self.rnn, f"bias_hh_l{layer}")[hidden : 2 * hidden].zero_()
+                for suffix in ("", "_reverse") if self.reads_ahead else ("",):
+                    with torch.no_grad():
+                        getattr(self.rnn, f"bias_ih_l{layer}{suffix}")[hidden : 2 * hidden].fill_(1.0)
+                        getattr(self.rnn, f"bias_hh_l{layer}{suffix}")[hidden : 2 * hidden].zero_()
 
     def init_hidden(self, batch: int, device: torch.device | str = "cpu") -> Hidden:
-        shape = (self.config.layers, batch, self.config.hidden)
+        shape = (self.config.layers * (2 if self.reads_ahead else 1), batch, self.config.hidden)
         h = torch.zeros(shape, device=device)
         return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h
 
     def forward(
-        self, idx: torch.Tensor, hidden: Hidden | None = None, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, hidden: Hidden | None = None, targets: torch.Tensor | None = None,
+        teacher_forcing: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor | None, Hidden]:
         """idx (B, T) token ids -> (logits (B, T, V), None, new hidden); with targets given,
-        (None, mean cross-entropy, new hidden): training never builds the full scores."""
-        out, hidden = self.top_outputs(idx, hidden)
+        (None, mean cross-entropy, new hidden): training never builds the full scores.
+
+        teacher_forcing < 1: each input after the first is idx's with that probability, else
+        the model's own draw from the step before (scheduled.py); slower, one step at a time."""
+        if teacher_forcing < 1:
+            from .scheduled import sampled_top_outputs  # scheduled imports this module
+
+            out, hidden = sampled_top_outputs(self, idx, hidden, teacher_forcing)
+        else:
+            out, hidden = self.top_outputs(idx, hidden)
         if targets is None:
             return self.logits(out), None, hidden
         # Training needs the loss only: the full (B, T, V) scores are never built.
@@ -127,7 +147,12 @@ class CharRNN(nn.Module):
     @torch.no_grad()
     def step(self, idx: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """One character per stream: idx (B,) -> logits (B, V), new hidden. Inference only."""
-        x = self.embed(idx)  # (B, E)
+        top, hidden = self.advance(self.embed(idx), hidden)
+        return self.logits(top), hidden
+
+    def advance(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """Every layer one step, with gradients: layer-0 inputs x (B, E) -> top output (B, H), new
+        hidden. Between layers the same dropout as the fused module's (active only in training)."""
         lstm = self.config.cell == "lstm"
         hs, cs = (hidden if lstm else (hidden, None))
         new_h, new_c = [], []
@@ -141,9 +166,9 @@ class CharRNN(nn.Module):
             else:
                 h = torch.rnn_tanh_cell(x, hs[layer], *weights)
             new_h.append(h)
-            x = h
+            x = self.drop(h) if layer < self.config.layers - 1 else h
         h = torch.stack(new_h)
-        return self.logits(x), ((h, torch.stack(new_c)) if lstm else h)
+        return x, ((h, torch.stack(new_c)) if lstm else h)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

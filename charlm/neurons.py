@@ -14,6 +14,12 @@ or final for a jamo model). A jamo model takes two or three steps per syllable, 
 happens inside a syllable is what its units may track, so its search runs over tokens
 (`search_units`): each token takes the feature value of the character it belongs to, or for
 features of a syllable's inside, of its jamo in the text spelled out.
+
+A backward model's units (a backward model's, or a biLM's backward half) are units of their
+own, their state names ending in `<` (`h<`, `c<`, `forget<`; directions.py). They run over
+the tokens reversed, and are lined up with the text by character: a backward unit's value
+at character i is its state after reading the text from its end down to i (for a character
+of several byte tokens, down to its first byte).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .directions import Reader, readers, split_state_name, state_suffixes
 from .errors import UsageError
 from .evaluate import stream_count
 from .features import FEATURES, SPELLED, compute_feature, regex_feature
@@ -167,11 +174,29 @@ class AlignedText:
         """Sum per-character values onto the tokens that complete those characters (float64)."""
         return np.bincount(self.char_token, weights=values, minlength=len(self.tokens))
 
-
     def token_char(self) -> np.ndarray:
         """For each token, the character it belongs to: the first one completed at or after it."""
         index = np.searchsorted(self.char_token, np.arange(len(self.tokens)), side="left")
         return np.minimum(index, max(len(self.char_token) - 1, 0))
+
+
+def reading_view(aligned: AlignedText, reader: Reader) -> AlignedText:
+    """The text as `reader` reads it: for a backward model the tokens reversed, and each character
+    mapped to the reversed position of its first token, the one that completes it read right to left."""
+    if not reader.backward:
+        return aligned
+    n = len(aligned.tokens)
+    last = aligned.char_token
+    before = np.concatenate([[-1], last[:-1]])  # the last token of the character before
+    # A character's tokens start after the previous character's last one, unless both share a
+    # subword piece; then the piece is its first token too.
+    first = np.where(before < last, before + 1, last)
+    return AlignedText(aligned.text, aligned.tokens[::-1].copy(), n - 1 - first)
+
+
+def state_names(config: ModelConfig) -> list[str]:
+    """Every state name a model's units have, forward ones first: h, c, ..., then h<, c<, ..."""
+    return [state + suffix for suffix in state_suffixes(config.direction) for state in STATES[config.cell]]
 
 
 def align_text(tokenizer: Tokenizer, text: str, compose: bool = True) -> AlignedText:
@@ -331,11 +356,46 @@ def _pearson(sum_d, sum_dd, sum_fd, n, sum_f, sum_ff, shift) -> np.ndarray:
 
 
 def _ranked(scores: dict[tuple[int, str], np.ndarray], cell: str) -> list[UnitScore]:
-    order = STATES[cell]
     entries = [UnitScore(layer, state, unit, float(s))
                for (layer, state), values in scores.items() for unit, s in enumerate(values)]
-    entries.sort(key=lambda e: (-abs(e.score), e.layer, order.index(e.state), e.unit))
-    return entries
+    return _sorted(entries, list(STATES[cell]))
+
+
+def _sorted(entries: list[UnitScore], order: list[str]) -> list[UnitScore]:
+    return sorted(entries, key=lambda e: (-abs(e.score), e.layer, order.index(e.state), e.unit))
+
+
+def _for_reader(wanted: dict[int, set[str]], reader: Reader) -> dict[int, set[str]]:
+    """The wanted states of `reader`'s units, without their ending: {layer: {'h', 'c'}}. Every layer
+    stays, if only for the gate saturation, which looks at all of a layer's gates."""
+    return {layer: {split_state_name(name)[0] for name in names if split_state_name(name)[1] == reader.suffix}
+            for layer, names in wanted.items()}
+
+
+def scan_readers(model, aligned: AlignedText, features: dict[str, np.ndarray], wanted: dict[int, set[str]],
+                 saturation: bool = False, device: str | torch.device = "cpu", streams: int = SEARCH_STREAMS,
+                 on_progress: Callable[[int, int], None] | None = None) -> ScanResult:
+    """`scan` over each language model of `model` (a biLM has two), each reading the text its own
+    way, with the backward units' state names ending in '<', merged into one ranking per feature."""
+    found = readers(model)
+    order = state_names(model.config)
+    rankings: dict[str, list[UnitScore]] = {name: [] for name in features}
+    gates: list[GateSaturation] = []
+    chars = 0
+    for k, reader in enumerate(found):
+        mine = _for_reader(wanted, reader)
+
+        def progress(done: int, total: int, k=k) -> None:
+            if on_progress is not None:
+                on_progress(k * total + done, len(found) * total)
+
+        result = scan(reader.model, reading_view(aligned, reader), features, mine, saturation, device, streams,
+                      on_progress=progress)
+        for name, ranking in result.rankings.items():
+            rankings[name] += [UnitScore(e.layer, e.state + reader.suffix, e.unit, e.score) for e in ranking]
+        gates += [GateSaturation(g.layer, g.gate + reader.suffix, g.left, g.right) for g in result.saturation]
+        chars = result.chars
+    return ScanResult({name: _sorted(entries, order) for name, entries in rankings.items()}, gates, chars)
 
 
 # -- the activations of a few units over a short text ------------------------------------------------
@@ -370,6 +430,28 @@ def unit_activations(model: CharRNN, aligned: AlignedText, units: list[tuple[int
     texts = {i: tokenizer.decode([i]) for i in np.unique(guess_ids).tolist()}
     shown = [[(texts[int(i)], float(p)) for i, p in zip(guess_ids[t], guess_probs[t])] for t in aligned.char_token]
     return per_char, shown
+
+
+def reader_activations(model, aligned: AlignedText, units: list[tuple[int, str, int]],
+                       tokenizer: Tokenizer | None = None, guesses: int = 0, device="cpu"
+                       ) -> tuple[np.ndarray, list[list[tuple[str, float]]] | None]:
+    """`unit_activations` for units of any direction (state names ending in '<' are backward);
+    guesses come from the first language model: the next character, or for a backward-only
+    model the previous one."""
+    found = readers(model)
+    values = np.zeros((len(units), len(aligned.text)), dtype=np.float32)
+    shown = None
+    for k, reader in enumerate(found):
+        rows = [i for i, (_, state, _) in enumerate(units) if split_state_name(state)[1] == reader.suffix]
+        wants_guesses = guesses if k == 0 else 0
+        if not rows and not wants_guesses:
+            continue
+        mine = [(units[i][0], split_state_name(units[i][1])[0], units[i][2]) for i in rows]
+        got, guessed = unit_activations(reader.model, reading_view(aligned, reader), mine, tokenizer,
+                                        wants_guesses, device)
+        values[rows] = got
+        shown = guessed if k == 0 else shown
+    return values, shown
 
 
 # -- the command as a whole ---------------------------------------------------------------------------
@@ -437,7 +519,10 @@ class InspectReport:
 
 def check_options(config: ModelConfig, options: InspectOptions) -> None:
     """Bad --layer / --state / --unit / --find choices, as usage errors naming the option."""
-    states = STATES[config.cell]
+    states = state_names(config)
+    if config.direction == "bidirectional":
+        raise UsageError("the bidirectional model of --cheat-demo reads the text both ways at once; "
+                         "inspect-neurons looks inside language models (train --direction both for two)")
     if options.layer is not None and not 0 <= options.layer < config.layers:
         raise UsageError(f"--layer {options.layer}: the model has {config.layers} layer"
                          f"{'s' if config.layers > 1 else ''} (0-{config.layers - 1})")
@@ -475,7 +560,7 @@ def inspect(checkpoint: Path | str | dict, text: str, options: InspectOptions, d
     search = options.find is not None or options.find_regex is not None
     overview = not (search or options.units or options.saturation or options.predictions)
     layers = [options.layer] if options.layer is not None else list(range(config.layers))
-    states = [options.state] if options.state is not None else list(STATES[config.cell])
+    states = [options.state] if options.state is not None else state_names(config)
     features = {}
     if search:
         name = options.find or f"regex {options.find_regex}"
@@ -494,8 +579,8 @@ def inspect(checkpoint: Path | str | dict, text: str, options: InspectOptions, d
                          "give a longer text, or --unit N to colour it by a unit")
     wanted = {layer: set(states) if features else set() for layer in layers}
     if features or options.saturation:
-        result = scan(model, units, features, wanted, options.saturation, device, options.streams,
-                      on_progress=on_progress)
+        result = scan_readers(model, units, features, wanted, options.saturation, device, options.streams,
+                              on_progress=on_progress)
         report.saturation = result.saturation if options.saturation else None
         report.tokens_searched = len(units.tokens) if units is not aligned else None
         if search:
@@ -510,11 +595,11 @@ def inspect(checkpoint: Path | str | dict, text: str, options: InspectOptions, d
         best = sorted(report.overview, key=lambda item: -abs(item[1].score))[: options.show]
         units += [(s.layer, s.state, s.unit, s.score, name) for name, s in best]
     unit_layer = options.layer if options.layer is not None else config.layers - 1
-    units += [(unit_layer, options.state or "h", u, None, None) for u in options.units]
+    units += [(unit_layer, options.state or state_names(config)[0], u, None, None) for u in options.units]
     shown = align_text(tokenizer, report.shown_text) if len(report.shown_text) < len(aligned.text) else aligned
     if units or options.predictions:
-        values, report.guesses = unit_activations(model, shown, [u[:3] for u in units], tokenizer,
-                                                  GUESSES if options.predictions else 0, device)
+        values, report.guesses = reader_activations(model, shown, [u[:3] for u in units], tokenizer,
+                                                    GUESSES if options.predictions else 0, device)
         report.views = [UnitView(layer, state, unit, values[i], score, feature)
                         for i, (layer, state, unit, score, feature) in enumerate(units)]
     return report

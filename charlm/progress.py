@@ -108,11 +108,12 @@ class RichReporter(Reporter):
         rows = [
             ("run", str(info["out_dir"])),
             ("model", f"{model.cell.upper()} {model.layers}x{model.hidden}, embedding {model.embedding}, "
-                      + (f"dropout {model.dropout:g}, " if model.dropout else "") + f"{info['params']:,} parameters"),
+                      + (f"dropout {model.dropout:g}, " if model.dropout else "") + f"{info['params']:,} parameters"
+                      + _DIRECTIONS.get(getattr(model, "direction", "forward"), "")),
             ("data", f"{info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation; "
                      f"{vocab}" + ("" if config.tokenizer == "char" else f" ({config.tokenizer})")),
             ("steps", f"batch {config.batch_size} x seq {config.seq_len}, lr {config.lr:g} ({config.schedule}), "
-                      f"stop after {_stops(config)}"),
+                      f"stop after {_stops(config)}" + _forcing(config)),
             ("device", info["device"]),
         ]
         if info.get("precision"):
@@ -268,6 +269,21 @@ class ProgressLine:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self.fit(options.max_width)
+
+
+_DIRECTIONS = {
+    "backward": ", reading right to left",
+    "both": ", two language models (a biLM): one reads forward, one backward",
+    "bidirectional": ", bidirectional: it reads the characters it predicts (--cheat-demo)",
+}
+
+
+def _forcing(config) -> str:
+    """', teacher forcing 0.5' (or '1 -> 0' over the run) unless every input is the true one."""
+    start, end = getattr(config, "teacher_forcing", 1.0), getattr(config, "teacher_forcing_end", None)
+    if end is None or end == start:
+        return "" if start == 1 else f", teacher forcing {start:g}"
+    return f", teacher forcing {start:g} -> {end:g}"
 
 
 def _grad(norm: float | None, clip_rate: float | None) -> str:

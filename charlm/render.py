@@ -68,30 +68,40 @@ class EvalTable:
     narrow terminal, long run names) each checkpoint on a line of its own with its figures
     under it, so that no path is broken inside a name."""
 
-    HEADERS = ("bits/char", "nats/char", "perplexity", "chars")
+    FIGURES = ("bits/char", "nats/char", "perplexity", "chars")
 
     def __init__(self, reports):
-        self.reports = reports
-        best = min(r.result.nats_per_char for r in reports)
+        # One row per language model: a biLM's two models get a row each, with a column saying
+        # which way each reads (shown when any checkpoint reads otherwise than forward).
+        rows = [(r, direction, res) for r in reports
+                for direction, res in (r.directions or {r.direction: r.result}).items()]
+        directed = any(direction != "forward" for _, direction, _ in rows)
+        self.headers = (("reads",) if directed else ()) + self.FIGURES
+        proper = [res.nats_per_char for _, direction, res in rows if direction not in ("bidirectional", "writing")]
+        best = min(proper, default=None)
         self.rows = []
-        for r in reports:
-            res = r.result
-            style = "bold green" if len(reports) > 1 and res.nats_per_char == best else None
-            self.rows.append((r.checkpoint, (f"{res.bits_per_char:.4f}", f"{res.nats_per_char:.4f}",
-                                             f"{res.perplexity:.3f}", f"{res.chars:,}"), style))
+        for r, direction, res in rows:
+            style = "bold green" if len(rows) > 1 and res.nats_per_char == best else None
+            reads = (_READS.get(direction, direction),) if directed else ()
+            self.rows.append((r.checkpoint, reads + (f"{res.bits_per_char:.4f}", f"{res.nats_per_char:.4f}",
+                                                     f"{res.perplexity:.3f}", f"{res.chars:,}"), style))
+        notes = [_EVAL_NOTES[d] for d in ("both", "bidirectional") if any(r.direction == d for r in reports)]
+        self.caption = " ".join(notes) or None
 
     def table(self) -> Table:
         table = Table(title="held-out text", title_justify="left")
         table.add_column("checkpoint", no_wrap=True)
-        for header in self.HEADERS:
-            table.add_column(header, justify="right")
+        for header in self.headers:
+            table.add_column(header, justify="left" if header == "reads" else "right")
         for path, figures, style in self.rows:
             table.add_row(path, *figures, style=style)
+        if self.caption:
+            table.caption, table.caption_justify = self.caption, "left"
         return table
 
     def width(self) -> int:
         """Columns the table takes with every cell on one line."""
-        cells = [max(len(h), *(len(f[i]) for _, f, _ in self.rows)) for i, h in enumerate(self.HEADERS)]
+        cells = [max(len(h), *(len(f[i]) for _, f, _ in self.rows)) for i, h in enumerate(self.headers)]
         path = max(len("checkpoint"), *(cell_len(p) for p, _, _ in self.rows))
         return path + sum(cells) + 3 * (len(cells) + 1) + 1  # padding and rules
 
@@ -102,12 +112,25 @@ class EvalTable:
         yield Text("held-out text", style="italic")
         for path, figures, style in self.rows:
             yield FoldedPath(path, style=style or "")
-            yield Text("  " + "  ".join(f"{value} {name}" for value, name in zip(figures, self.HEADERS)),
+            yield Text("  " + "  ".join(f"{value} {name}" for value, name in zip(figures, self.headers)),
                        style=style or "")
+        if self.caption:
+            yield Text(self.caption, style="dim")
 
 
 def eval_table(reports) -> EvalTable:
     return EvalTable(reports)
+
+
+_READS = {"forward": "forward", "backward": "backward", "bidirectional": "both ways",
+          "writing": "as it writes"}
+_EVAL_NOTES = {
+    "both": "A biLM (--direction both) is two language models over the same text, one reading it forward, "
+            "one backward: each of its rows is a proper loss per character of the whole text.",
+    "bidirectional": "A bidirectional model (--cheat-demo) has read the character it predicts: its figure is "
+                     "no probability of the text. 'As it writes' predicts each character from the text before "
+                     "it only (at most 4,096 characters, spread over the text).",
+}
 
 
 def heat(fraction: float) -> Style:
@@ -162,6 +185,7 @@ class UnitScale:
     """Where white sits and how far from it full colour is, for one state's values."""
 
     def __init__(self, state: str, values):
+        state = state.rstrip("<")  # a backward unit's state lives where its forward kind does
         if state in _SIGMOID_STATES:
             self.centre, self.half = 0.5, 0.5  # gates live in (0, 1)
         elif state == "c":
@@ -334,6 +358,9 @@ def inspect_renderables(report) -> list:
     model = report.model
     parts: list = [Text(f"{report.checkpoint}: {model.cell.upper()} {model.layers}x{model.hidden}, "
                         f"{report.chars:,} characters inspected", style="dim")]
+    if getattr(model, "direction", "forward") in ("backward", "both"):
+        parts.append(Text("states ending in < are a backward model's: at each character it has read the text "
+                          "from its end down to that character", style="dim"))
     if report.overview:
         parts += [Text(f"the best unit for each feature over {report.searched}", style="bold"),
                   overview_table(report.overview)]

@@ -104,6 +104,29 @@ def utf8_allowed(state: tuple[int, int, int]) -> list[bool]:
     return [b < 0x80 or 0xC2 <= b <= 0xF4 for b in range(NUM_BYTES)]
 
 
+# The same, for text written right to left (a backward model): a character's bytes come last
+# first. The state is (continuation bytes seen, the nearest of them, -1): at a boundary any
+# ASCII or continuation byte may come; after k continuations, another one (up to three) or
+# the lead byte of a (k + 1)-byte character whose second byte may be the nearest one seen.
+def utf8_after_reversed(state: tuple[int, int, int], byte: int) -> tuple[int, int, int]:
+    """The state after `byte`, read right to left, which `utf8_allowed_reversed(state)` allows."""
+    if 0x80 <= byte <= 0xBF:
+        return (state[0] + 1, byte, -1)
+    return BOUNDARY  # ASCII, or the lead byte that completes the character
+
+
+def utf8_allowed_reversed(state: tuple[int, int, int]) -> list[bool]:
+    """Which of the 256 byte values may come next, right to left, without breaking UTF-8."""
+    seen, nearest = state[0], state[1]
+    if not seen:
+        return [b <= 0xBF for b in range(NUM_BYTES)]
+    allowed = [seen < 3 and 0x80 <= b <= 0xBF for b in range(NUM_BYTES)]
+    for first, last, (remaining, lo, hi) in _LEADS:
+        if remaining == seen and lo <= nearest <= hi:
+            allowed[first : last + 1] = [True] * (last + 1 - first)
+    return allowed
+
+
 class TokenChooser:
     """Draws each stream's next token from the top layer's output (B, H), exactly as
     `pick_next` would from the model's logits with the tokenizer's special ids banned, and
@@ -123,12 +146,17 @@ class TokenChooser:
     lead byte or ASCII), and a stream inside a character draws its next byte from the byte
     head alone, among the bytes that continue the character validly; so no byte sequence is
     ever left broken. `allow_bytes` False bans the byte tokens altogether: a model whose
-    training text had none never learned them, and its byte head is noise.
+    training text had none never learned them, and its byte head is noise. `reverse` holds
+    the bytes to UTF-8 read right to left, for a backward model, which writes a character's
+    bytes last first.
     """
 
     def __init__(self, model: CharRNN, tokenizer: Tokenizer, temperature: float, top_k: int, top_p: float,
-                 generator: torch.Generator | None, device: str | torch.device, allow_bytes: bool = True):
+                 generator: torch.Generator | None, device: str | torch.device, allow_bytes: bool = True,
+                 reverse: bool = False):
         self.model, self.generator = model, generator
+        self._allowed, self._after = ((utf8_allowed_reversed, utf8_after_reversed) if reverse
+                                      else (utf8_allowed, utf8_after))
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         vocab = tokenizer.vocab_size
         banned = {i for i in range(vocab) if tokenizer.is_special(i)}
@@ -168,7 +196,7 @@ class TokenChooser:
     def byte_mask(self, state: tuple[int, int, int]) -> torch.Tensor:
         """(256,): 0 on the bytes that may come next in `state`, -inf elsewhere."""
         if state not in self._masks:
-            allowed = torch.tensor(utf8_allowed(state), device=self.device)
+            allowed = torch.tensor(self._allowed(state), device=self.device)
             self._masks[state] = torch.zeros(NUM_BYTES, device=self.device).masked_fill(~allowed, float("-inf"))
         return self._masks[state]
 
@@ -207,7 +235,7 @@ class TokenChooser:
         for n, row in enumerate(rows):
             if keep[n] or row in inside:
                 tokens[row] = self.bytes_from + byte[n]
-                self._set_state(row, utf8_after(self.states[row], byte[n]))
+                self._set_state(row, self._after(self.states[row], byte[n]))
             elif again[n] != self.escape:
                 tokens[row] = self.token_of[again[n]]
 
@@ -226,7 +254,7 @@ class TokenChooser:
         if self.allow_bytes:
             for row, token in enumerate(tokens):
                 if self.bytes_from <= token < self.bytes_from + NUM_BYTES:
-                    self._set_state(row, utf8_after(self.states[row], token - self.bytes_from))
+                    self._set_state(row, self._after(self.states[row], token - self.bytes_from))
         return tokens
 
 

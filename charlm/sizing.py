@@ -153,14 +153,14 @@ def seconds_per_step(model_config: ModelConfig, config: TrainConfig, train_token
                      device: torch.device) -> float:
     """Time real training steps (charlm's Trainer, its optimizer and precision) of `model_config`
     on `device`: the median of those that fit in PROBE_SECONDS, after two to warm up."""
-    from .model import CharRNN
+    from .directions import build_model
     from .train import Trainer  # train imports this module
 
     times: list[float] = []
     # The run's seed stays where it was, and anything the probe might write goes nowhere.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             tempfile.TemporaryDirectory(prefix="charlm-probe-") as folder:
-        trainer = Trainer(CharRNN(model_config), None, train_tokens, train_tokens[:0], 0, replace(config), Path(folder),
+        trainer = Trainer(build_model(model_config), None, train_tokens, train_tokens[:0], 0, replace(config), Path(folder),
                           device)
         for i in range(2 + 50):
             t0 = time.perf_counter()

@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__
 from .checkpoint import find_in_run, load_checkpoint, save_checkpoint, tokenizer_from_checkpoint
 from .corpus import Corpus
-from .data import StreamBatches, count_byte_tokens, encode_corpus, learn_vocabulary, split_tokens
+from .data import count_byte_tokens, encode_corpus, learn_vocabulary, split_tokens
+from .directions import build_model, check_supported, evaluate_readers, progress_sample, training_batches
 from .distributed import Dist, from_environment, shutdown
 from .errors import CharlmError, UsageError
 from .evaluate import evaluate_tokens
@@ -37,7 +38,7 @@ from .jamo import choose_kind
 from .model import CharRNN, detach_hidden
 from .precision import resolve_precision
 from .progress import NullReporter, Reporter
-from .sample import generate
+from .scheduled import always_forced, teacher_forcing_at
 from .sizing import plan_run
 from .threads import thread_tuner, use_available_cpus
 from .tokenizer import Tokenizer, describe_vocabulary
@@ -155,8 +156,9 @@ class Trainer:
             config.lr = LR_BY_CELL[model.config.cell]
         self.reporter = reporter or NullReporter()
         self.corpus_info = corpus_info or {}
-        self.batches = StreamBatches(train_tokens, config.batch_size, config.seq_len,
-                                     rank=self.dist.rank, world=self.dist.world)
+        # A backward model reads the split reversed; a biLM both ways at once (directions.py).
+        self.batches = training_batches(model.config.direction, train_tokens, config.batch_size, config.seq_len,
+                                        rank=self.dist.rank, world=self.dist.world)
         self.val_tokens, self.val_chars = val_tokens, val_chars
         decay, no_decay = [], []
         for name, p in model.named_parameters():
@@ -178,6 +180,8 @@ class Trainer:
         self.autocast = self.precision.autocast(device)
         self.threads = thread_tuner(device)  # None where the thread count is fixed
         self.lr = config.lr
+        self.teacher_forcing = config.teacher_forcing  # this step's probability of a true input
+        self.val_by_direction: dict[str, float] = {}  # the last validation, per language model
         self._bad_steps = 0  # non-finite steps in a row
 
     # -- the schedule -----------------------------------------------------------------------
@@ -210,9 +214,12 @@ class Trainer:
         self.lr = lr_at(c, s.step, self.progress()) * s.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
+        self.teacher_forcing = teacher_forcing_at(c, self.progress())
+        # Only below 1 does the model hear of it: the default step is the call it always was.
+        forcing = {"teacher_forcing": self.teacher_forcing} if self.teacher_forcing < 1 else {}
         self.model.train()
         with self.autocast:
-            _, loss, hidden = self.ddp(x, self.hidden, y)
+            _, loss, hidden = self.ddp(x, self.hidden, y, **forcing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = c.grad_clip if c.grad_clip > 0 else math.inf
@@ -252,19 +259,23 @@ class Trainer:
 
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> float | None:
+        """Held-out nats per character; a biLM's is the mean of its two models' (each is kept
+        in val_by_direction), so that best.pt keeps the best pair."""
         if len(self.val_tokens) < 2:
             return None
-        result = evaluate_tokens(self.model, self.val_tokens, self.val_chars, self.device)
-        return result.nats_per_char
+        if self.model.config.direction == "forward":
+            results = {"forward": evaluate_tokens(self.model, self.val_tokens, self.val_chars, self.device)}
+        else:
+            results = evaluate_readers(self.model, self.val_tokens, self.tokenizer.count_chars, self.device)
+        self.val_by_direction = {d: r.nats_per_char for d, r in results.items()}
+        return sum(self.val_by_direction.values()) / len(results)
 
     def sample_text(self) -> str:
         if self.config.sample_length <= 0:
             return ""
         gen = torch.Generator().manual_seed(self.state.step)
-        pieces = generate(self.model, self.tokenizer, prime="", length=self.config.sample_length,
-                          temperature=0.8, generator=gen, device=self.device,
-                          bytes_seen=self.corpus_info.get("byte_tokens", 1) > 0)
-        return "".join(pieces)
+        return progress_sample(self.model, self.tokenizer, self.config.sample_length, gen, self.device,
+                               bytes_seen=self.corpus_info.get("byte_tokens", 1) > 0)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -277,7 +288,8 @@ class Trainer:
     def _run(self) -> TrainResult:
         c, s = self.config, self.state
         self._bad_steps = 0
-        chars_per_step = c.batch_size * c.seq_len
+        # A biLM's step reads every chunk twice, once each way.
+        chars_per_step = c.batch_size * c.seq_len * (2 if self.model.config.direction == "both" else 1)
         last_val: float | None = None
         last_val_step: int | None = None  # the step last_val was measured at
         eval_cost = 0.0  # seconds the last validation + sample took
@@ -351,6 +363,10 @@ class Trainer:
                 final_val = self._validate_and_save()
                 if final_val is not None:
                     last_val, last_val_step = final_val, s.step
+                    if len(self.val_by_direction) > 1:
+                        self.reporter.message("validation: " + ", ".join(
+                            f"{d} {v:.4f} nats/char = {v / math.log(2):.4f} bits/char"
+                            for d, v in self.val_by_direction.items()) + "; the line below gives their mean")
         self.reporter.finish(step=s.step, loss=shown_loss, val=last_val, elapsed=s.elapsed,
                              val_step=last_val_step, interrupted=bool(interrupted))
         if interrupted:
@@ -363,7 +379,7 @@ class Trainer:
 
     def _report(self, window: _LogWindow, last_val: float | None) -> tuple[float, float]:
         """Log and show the window's mean loss, gradient norm and speed; returns (loss, chars/s)."""
-        s = self.state
+        c, s = self.config, self.state
         entry, finite = window.close()
         if self.defer_checks:  # now the host learns which of the window's steps were skipped
             first = s.step - len(finite)  # the step count when the window's first step began
@@ -374,6 +390,8 @@ class Trainer:
                     self._skip_bad_step(first + n, reset_state=False)
         if self.device.type == "cpu":
             entry["threads"] = torch.get_num_threads()  # the window's, before the tuner moves it
+        if not always_forced(c):
+            entry["teacher_forcing"] = round(self.teacher_forcing, 4)  # at the window's last step
         self.log({"step": s.step, **entry, "lr": self.lr, "elapsed": round(s.elapsed, 3)})
         if self.threads is not None:
             changed = self.threads.observe(entry["chars_per_sec"])
@@ -403,6 +421,8 @@ class Trainer:
         names = ["last.pt"]
         if val is not None:
             entry = {"step": s.step, "val_nats_per_char": val, "elapsed": round(s.elapsed, 3)}
+            if len(self.val_by_direction) > 1:  # a biLM: its two models' figures, val being their mean
+                entry["val_by_direction"] = dict(self.val_by_direction)
             s.history.append(entry)
             self.log(entry)
             self.reporter.validated(step=s.step, val=val)
@@ -677,6 +697,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
             if "precision" in train_options:
                 raise
             raise UsageError(f"this run was begun with {e}") from None
+        check_supported(model_config.direction, config, dist.active, device)
         tokenizer = tokenizer_from_checkpoint(payload)
         if corpus is None:
             corpus = _stored_corpus(payload)
@@ -695,6 +716,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
         config = TrainConfig(**train_options)
         config.validate()
         resolve_precision(config.precision, device, model_options.get("cell", ModelConfig.cell))  # fail early
+        check_supported(model_options.get("direction", "forward"), config, dist.active, device)
         if not config.stop_given:
             config.epochs = 1.0
         # Rank 0 makes the folder and the vocabulary; the other ranks take them from it.
@@ -737,7 +759,7 @@ def _train(corpus, model_options, train_options, out, resume, runs_dir, reporter
                 reporter.message(reason)
         model_config, config.lr = dist.broadcast((model_config, config.lr))
 
-    model = CharRNN(model_config)
+    model = build_model(model_config)
     if dist.active:  # the weights come from rank 0 (DistributedDataParallel); dropout masks differ by rank
         torch.manual_seed(_rank_seed(config.seed, dist.rank))
     # Whether the text had byte-fallback tokens: a model that never saw one is not asked to

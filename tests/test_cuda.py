@@ -152,3 +152,20 @@ def test_a_gpu_run_trains_in_bf16_unless_asked_for_float32(tmp_path, capsys, mon
     assert seen == {dtype}
     payload = load_checkpoint(tmp_path / "run" / "last.pt")
     assert all(t.dtype == torch.float32 for t in payload["model"].values())
+
+
+@pytest.mark.parametrize("options", [["--teacher-forcing", "0.5"], ["--direction", "backward"]],
+                         ids=["scheduled sampling", "backward"])
+def test_scheduled_sampling_and_a_backward_model_train_on_the_gpu(cuda_run, tmp_path, capsys, options):
+    _, corpus = cuda_run
+    assert cli("train", corpus, *MODEL, *RUN, "--max-steps", 60, *options, "--out", tmp_path / "run") == 0
+    losses = [e["loss"] for e in map(json.loads, (tmp_path / "run" / "log.jsonl").open()) if "loss" in e]
+    assert losses[-1] < losses[0]
+    on_gpu, on_cpu = (eval_json(tmp_path / "run", corpus, d, capsys) for d in ("cuda", "cpu"))
+    assert on_gpu["nats_per_char"] == pytest.approx(on_cpu["nats_per_char"], rel=2e-3)
+
+
+def test_a_bilm_on_the_gpu_is_refused_for_now(cuda_run, tmp_path, capsys):
+    _, corpus = cuda_run
+    assert cli("train", corpus, *MODEL, *RUN, "--max-steps", 5, "--direction", "both", "--out", tmp_path / "r") == 2
+    assert "--device cpu" in capsys.readouterr().err
