@@ -50,6 +50,8 @@ def run(argv: list, capsys) -> tuple[int, str, str]:
 
 
 def one_error_line(err: str) -> str:
+    # A run folder given for a checkpoint first gets a line saying which file it holds.
+    err = "".join(line for line in err.splitlines(True) if not line.startswith("using "))
     assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("charlm: "), err
     return err
 
@@ -118,7 +120,8 @@ def test_a_bilm_runs_its_two_models_side_by_side_and_concatenates_their_states(c
         assert torch.equal(state, joined)
 
 
-def test_a_both_run_is_one_checkpoint_and_eval_gives_each_directions_figure(runs, capsys):
+def test_a_both_run_is_one_checkpoint_and_eval_gives_each_directions_figure(runs, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough for the table form, whatever the temporary path
     payload = load_checkpoint(runs["both"] / "best.pt")
     assert payload["model_config"]["direction"] == "both"
     assert payload["hidden"][0].shape == (1, 4, 48)  # 4 streams, each with both models' states
@@ -305,3 +308,41 @@ def test_training_can_show_a_sample_from_a_model_of_every_direction(direction):
     first = progress_sample(model, tokenizer, 30, torch.Generator().manual_seed(0), "cpu")
     again = progress_sample(model, tokenizer, 30, torch.Generator().manual_seed(0), "cpu")
     assert first == again and 0 < len(first) <= 30
+
+
+# -- bytes written right to left stay valid UTF-8 --------------------------------------------------
+def test_every_character_written_last_byte_first_is_accepted_and_nothing_else_is():
+    from charlm.sample import BOUNDARY, utf8_after_reversed, utf8_allowed_reversed
+
+    def accepts(data: bytes) -> bool:
+        state = BOUNDARY
+        for byte in reversed(data):
+            if not utf8_allowed_reversed(state)[byte]:
+                return False
+            state = utf8_after_reversed(state, byte)
+        return state == BOUNDARY
+
+    for point in [*range(0, 0x800, 7), *range(0x800, 0x110000, 997), 0xD7FF, 0xE000, 0xFFFF, 0x10000, 0x10FFFF]:
+        if not 0xD800 <= point <= 0xDFFF:
+            assert accepts(chr(point).encode("utf-8")), hex(point)
+    for broken in (b"\xc0\x80", b"\xe0\x80\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80", b"\xe1\x80"):
+        assert not accepts(broken), broken
+
+
+def test_random_right_to_left_byte_walks_read_as_valid_text():
+    import random
+
+    from charlm.sample import BOUNDARY, utf8_after_reversed, utf8_allowed_reversed
+
+    rng = random.Random(0)
+    for _ in range(300):
+        state, written = BOUNDARY, []
+        for _ in range(rng.randint(1, 12)):
+            byte = rng.choice([b for b, ok in enumerate(utf8_allowed_reversed(state)) if ok])
+            written.append(byte)
+            state = utf8_after_reversed(state, byte)
+        while state != BOUNDARY:  # a stream inside a character must finish it
+            byte = rng.choice([b for b, ok in enumerate(utf8_allowed_reversed(state)) if ok])
+            written.append(byte)
+            state = utf8_after_reversed(state, byte)
+        bytes(reversed(written)).decode("utf-8")  # strict: raises on anything invalid
