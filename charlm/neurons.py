@@ -174,6 +174,13 @@ class AlignedText:
         """Sum per-character values onto the tokens that complete those characters (float64)."""
         return np.bincount(self.char_token, weights=values, minlength=len(self.tokens))
 
+    def first_token(self) -> np.ndarray:
+        """For each character, the index of its first token (its last one is char_token): a character's
+        tokens start after the previous character's last one, unless both share a subword piece."""
+        last = self.char_token
+        before = np.concatenate([[-1], last[:-1]])  # the last token of the character before
+        return np.where(before < last, before + 1, last)
+
     def token_char(self) -> np.ndarray:
         """For each token, the character it belongs to: the first one completed at or after it."""
         index = np.searchsorted(self.char_token, np.arange(len(self.tokens)), side="left")
@@ -186,12 +193,7 @@ def reading_view(aligned: AlignedText, reader: Reader) -> AlignedText:
     if not reader.backward:
         return aligned
     n = len(aligned.tokens)
-    last = aligned.char_token
-    before = np.concatenate([[-1], last[:-1]])  # the last token of the character before
-    # A character's tokens start after the previous character's last one, unless both share a
-    # subword piece; then the piece is its first token too.
-    first = np.where(before < last, before + 1, last)
-    return AlignedText(aligned.text, aligned.tokens[::-1].copy(), n - 1 - first)
+    return AlignedText(aligned.text, aligned.tokens[::-1].copy(), n - 1 - aligned.first_token())
 
 
 def state_names(config: ModelConfig) -> list[str]:
@@ -374,9 +376,12 @@ def _for_reader(wanted: dict[int, set[str]], reader: Reader) -> dict[int, set[st
 
 def scan_readers(model, aligned: AlignedText, features: dict[str, np.ndarray], wanted: dict[int, set[str]],
                  saturation: bool = False, device: str | torch.device = "cpu", streams: int = SEARCH_STREAMS,
-                 on_progress: Callable[[int, int], None] | None = None) -> ScanResult:
+                 on_progress: Callable[[int, int], None] | None = None,
+                 on_chunk: Callable[[Reader], Callable[[int, dict], None] | None] | None = None) -> ScanResult:
     """`scan` over each language model of `model` (a biLM has two), each reading the text its own
-    way, with the backward units' state names ending in '<', merged into one ranking per feature."""
+    way, with the backward units' state names ending in '<', merged into one ranking per feature.
+    `on_chunk(reader)` gives the chunk callback of `scan` for that reader's pass (states in its
+    reading order, under their own names)."""
     found = readers(model)
     order = state_names(model.config)
     rankings: dict[str, list[UnitScore]] = {name: [] for name in features}
@@ -390,7 +395,7 @@ def scan_readers(model, aligned: AlignedText, features: dict[str, np.ndarray], w
                 on_progress(k * total + done, len(found) * total)
 
         result = scan(reader.model, reading_view(aligned, reader), features, mine, saturation, device, streams,
-                      on_progress=progress)
+                      on_progress=progress, on_chunk=on_chunk(reader) if on_chunk else None)
         for name, ranking in result.rankings.items():
             rankings[name] += [UnitScore(e.layer, e.state + reader.suffix, e.unit, e.score) for e in ranking]
         gates += [GateSaturation(g.layer, g.gate + reader.suffix, g.left, g.right) for g in result.saturation]

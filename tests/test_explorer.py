@@ -78,6 +78,97 @@ def test_every_ranking_in_the_page_equals_find_json(tmp_path, capsys, cell):
         assert np.allclose([e["score"] for e in got], [e["score"] for e in expected], rtol=0, atol=1e-9)
 
 
+def save_model(path: Path, text: str, kind: str = "char", direction: str = "forward", cell: str = "lstm",
+               layers: int = 2, hidden: int = 12) -> Path:
+    """An untrained checkpoint of any tokenizer and direction (a biLM for "both") over `text`'s vocabulary."""
+    from dataclasses import asdict
+
+    from charlm.checkpoint import save_checkpoint
+    from charlm.directions import build_model
+    from charlm.model import ModelConfig
+    from charlm.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer([text], kind)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(tokenizer.vocab_size, cell, layers, hidden, embedding=8,
+                                    bytes_from=tokenizer.bytes_from, direction=direction))
+    save_checkpoint(path, {"model_config": asdict(model.config), "model": model.state_dict(),
+                           "tokenizer": {"kind": tokenizer.kind, "model": tokenizer.model}})
+    return path
+
+
+def korean_and_code() -> str:
+    from tests.test_jamo import korean_text
+
+    return korean_text(3000) + LONG_CODE[:3000] + "뷁 é 😀\n"  # a syllable and characters unseen: byte fallback
+
+
+@pytest.mark.parametrize(("kind", "direction"), [("jamo", "forward"), ("char", "backward"), ("char", "both"),
+                                                 ("jamo", "both")])
+def test_rankings_of_jamo_and_backward_units_equal_find_json(tmp_path, capsys, kind, direction):
+    text = korean_and_code()
+    ckpt = save_model(tmp_path / "m.pt", text[:-8], kind, direction)
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(text, encoding="utf-8")
+    rc, _, err = run_cli(capsys, ckpt, text_file, "--html", tmp_path / "page.html")
+    assert rc == 0, err
+    data = page_data((tmp_path / "page.html").read_text(encoding="utf-8"))
+    directions = 2 if direction == "both" else 1
+    names = [s["name"] for s in data["states"]]
+    assert ("h<" in names) == (direction != "forward") and ("h" in names) == (direction != "backward")
+    for name in ("jamo-position", "bracket-depth", "line-position"):
+        rc, out, err = run_cli(capsys, ckpt, text_file, "--find", name, "--top", "0", "--json")
+        assert rc == 0, err
+        expected = json.loads(out)
+        got = ranking_of(data, name)
+        assert len(got) == len(expected) == directions * 2 * len(STATES["lstm"]) * 12
+        assert [(e["layer"], e["state"], e["unit"]) for e in got] == [(e["layer"], e["state"], e["unit"]) for e in expected]
+        assert np.allclose([e["score"] for e in got], [e["score"] for e in expected], rtol=0, atol=1e-9)
+
+
+def test_a_backward_units_stored_h_is_its_state_with_each_character_read_whole(tmp_path):
+    from charlm.neurons import reader_activations
+
+    text = korean_and_code()[-2500:]  # code, then characters that take three byte tokens each
+    model, tokenizer = load(save_model(tmp_path / "m.pt", korean_and_code()[:-8], "char", "both", layers=1))
+    data = explorer_data(model, tokenizer, text, ExplorerOptions(streams=1))
+    aligned = align_text(tokenizer, text)
+    assert len(aligned.tokens) > len(text)
+    stored = next(s for s in data["stored"] if s["state"] == "h<")
+    scale = unpack(stored["scale"])
+    h = unpack(stored["values"]).astype(np.float32) * scale[:, None]  # (units, tokens)
+    expected, _ = reader_activations(model, aligned, [(0, "h<", u) for u in range(12)])  # (units, chars)
+    assert np.all(np.abs(h[:, aligned.char_token] - expected) <= scale[:, None] / 2 + 1e-6)
+    assert data["model_payload"] is not None and data["model"]["direction"] == "both"  # live: the forward model
+
+
+def test_a_backward_models_page_guesses_the_previous_character(tmp_path):
+    text = "(a[b]c) 'q' €\n" * 30
+    model, tokenizer = load(save_model(tmp_path / "m.pt", text[:-3], "char", "backward", layers=1))
+    data = explorer_data(model, tokenizer, text, ExplorerOptions())
+    aligned = align_text(tokenizer, text)
+    assert data["model_payload"] is None and "reads backward" in data["note"]
+    reversed_ids = torch.from_numpy(aligned.tokens[::-1].copy()).view(1, -1)
+    with torch.no_grad():
+        probs = torch.softmax(model(reversed_ids)[0][0], dim=-1).numpy()[::-1]  # at token t: p(token t - 1)
+    guess_ids = unpack(data["guesses"]["ids"])
+    first = aligned.first_token()
+    for i in (3, 12, 13, len(text) - 1):  # 12 and 13: '€', three byte tokens read right to left
+        t = aligned.char_token[i]
+        assert guess_ids[t][0] == np.argmax(probs[first[i]])
+    bits = unpack(data["surprisal_centibits"]).astype(np.float64)
+    assert bits[-1] == 65535 and bits[0] != 65535  # the backward model read the last character first
+    nats = token_losses(model, aligned.tokens[::-1].copy(), streams=1).double().sum().item()
+    assert abs(bits[:-1].sum() / 100 - nats / np.log(2)) < 0.005 * len(text)
+
+
+def test_a_cheating_bidirectional_model_gets_no_page(tmp_path, capsys):
+    ckpt = save_model(tmp_path / "m.pt", LONG_CODE, direction="bidirectional", layers=1)
+    rc, _, err = run_cli(capsys, ckpt, "--html", tmp_path / "p.html")
+    assert rc == 2 and "sees the answer" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.html").exists()
+
+
 # -- what the page stores is the model's ----------------------------------------------------------------
 def test_stored_h_and_cell_snapshots_are_the_searchs_streams(tmp_path):
     model, tokenizer = load(save_tiny_checkpoint(tmp_path / "m.pt", cell="lstm", layers=2))

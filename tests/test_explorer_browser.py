@@ -295,3 +295,82 @@ def test_other_cells_layers_and_tokenizers_open_and_run_live(browser, tmp_path, 
     assert len(set(opened.colours("#live-view span"))) > 1
     assert page.locator("#saturation canvas").count() == (0 if cell == "rnn" else 2 * layers if cell == "gru" else 3 * layers)
     opened.check_clean()
+
+
+# -- jamo and the directions ------------------------------------------------------------------------------
+def test_a_jamo_page_spells_typed_korean_as_torch_does_and_writes_whole_syllables(browser, tmp_path):
+    from tests.test_explorer import save_model
+    from tests.test_jamo import korean_text
+
+    text = korean_text(2500)
+    checkpoint = save_model(tmp_path / "m.pt", text, "jamo", cell="gru", layers=1, hidden=16)
+    write_explorer(checkpoint, text, tmp_path / "page.html", ExplorerOptions())
+    opened = Opened(browser, tmp_path / "page.html")
+    page = opened.page
+    assert "jamo tokenizer" in page.text_content("#model-line") and "live model embedded" in page.text_content("#model-line")
+    assert page.locator("#text span").count() == len(text)
+    page.fill("#jump-box", "0/h/5")
+    page.click("#jump button")
+    typed = "그는 집으로 뷁 a"  # 뷁: its jamo were never seen, so it falls back whole to its bytes
+    page.locator("#live-input").click()
+    page.keyboard.type(typed)
+    wait_until(page, f"() => document.querySelectorAll('#live-view span').length === {len(typed)}")
+    model, tokenizer = model_from_checkpoint(load_checkpoint(checkpoint))
+    aligned = align_text(tokenizer, typed)
+    assert len(aligned.tokens) > len(typed) + 5  # two or three jamo a syllable
+    acts, _, _ = run_stack(model, torch.from_numpy(aligned.tokens).view(-1, 1), zero_carry(model, 1, 1, "cpu"),
+                           {0: {"h"}})
+    values = acts[(0, "h")][:, 0, 5].numpy()[aligned.char_token]
+    assert close_colours(opened.colours("#live-view span"), [expected_colour(v) for v in values], tolerance=2)
+    page.click("#continue")
+    wait_until(page, f"() => document.querySelectorAll('#live-view span').length >= {len(typed) + 200}")
+    written = page.input_value("#live-input")[len(typed):]
+    assert "\ufffd" not in written and any("\uac00" <= ch <= "\ud7a3" for ch in written)
+    opened.check_clean()
+
+
+def test_a_bilm_page_shows_backward_units_and_runs_the_forward_model_live(browser, tmp_path):
+    from charlm.neurons import reader_activations
+    from tests.test_explorer import save_model
+
+    text = make_text(3000, seed=7)
+    checkpoint = save_model(tmp_path / "m.pt", text, "char", "both", layers=1, hidden=12)
+    write_explorer(checkpoint, text, tmp_path / "page.html", ExplorerOptions())
+    opened = Opened(browser, tmp_path / "page.html")
+    page = opened.page
+    assert "biLM" in page.text_content("#model-line")
+    ranked = page.locator("#ranking tbody tr td:nth-child(2)").all_text_contents()
+    assert any("/h</" in name or "<" in name for name in ranked) and any("<" not in name for name in ranked)
+    page.fill("#jump-box", "0/h</3")
+    page.click("#jump button")
+    model, tokenizer = model_from_checkpoint(load_checkpoint(checkpoint))
+    values, _ = reader_activations(model, align_text(tokenizer, text), [(0, "h<", 3)])
+    scale = page.evaluate("CharlmExplorer.app.scale")
+    assert close_colours(opened.colours("#text span"), [expected_colour(v, scale["centre"], scale["half"])
+                                                         for v in values[0]], tolerance=2)
+    page.locator("#text span").nth(40).hover()
+    assert "next:" in page.text_content("#hover")
+    page.locator("#live-input").click()
+    page.keyboard.type("(ab)")
+    wait_until(page, "() => document.querySelectorAll('#live-view span').length === 4")
+    assert "backward model" in page.text_content("#live-help")
+    page.fill("#jump-box", "0/h/3")  # a forward unit: the live box is coloured again
+    page.click("#jump button")
+    assert len(set(opened.colours("#live-view span"))) > 1
+    opened.check_clean()
+
+
+def test_a_backward_models_page_guesses_the_previous_character(browser, tmp_path):
+    from tests.test_explorer import save_model
+
+    text = make_text(2000, seed=2)
+    checkpoint = save_model(tmp_path / "m.pt", text, "char", "backward", cell="gru", layers=1, hidden=12)
+    write_explorer(checkpoint, text, tmp_path / "page.html", ExplorerOptions())
+    opened = Opened(browser, tmp_path / "page.html")
+    page = opened.page
+    assert page.locator("#live-input").is_disabled() and "reads backward" in page.text_content("#note")
+    page.locator("#text span").nth(len(text) - 1).hover()
+    assert "nothing after it" in page.text_content("#hover")
+    page.locator("#text span").nth(10).hover()
+    assert "previous" in page.text_content("#hover") and page.locator("#hover .guess").count() == 5
+    opened.check_clean()

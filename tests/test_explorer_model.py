@@ -205,13 +205,21 @@ def test_js_next_token_probabilities_equal_the_softmax_of_the_models_logits(tmp_
 def tokenizers() -> dict:
     corpus = mixed_corpus()
     return {"corpus": corpus, "char": train_tokenizer([corpus], "char"),
-            "unigram": train_tokenizer([corpus], "unigram", 400), "bpe": train_tokenizer([corpus], "bpe", 400)}
+            "unigram": train_tokenizer([corpus], "unigram", 400), "bpe": train_tokenizer([corpus], "bpe", 400),
+            "jamo": train_tokenizer([corpus], "jamo")}
 
 
-@pytest.mark.parametrize("kind", ["char", "unigram", "bpe"])
+# A jamo vocabulary's edge cases: syllables whose jamo it lacks (whole-syllable byte fallback), jamo
+# already in the text (conjoining, compatibility, NFD), half-formed sequences and the private-use
+# code points under which it stores decomposed jamo.
+JAMO_TEXTS = ["뷁 똠얌꿍 안녕", "\u1100\u1161\u11ab 한", "ㄱㅏㄴ ㅎ", "\U0010fd00\U0010fd21 x", "\u1161\u11a8 \u1100 ",
+              "한글\u1112\u1161\u11ab"]
+
+
+@pytest.mark.parametrize("kind", ["char", "jamo", "unigram", "bpe"])
 def test_js_encode_equals_the_tokenizer_and_align_text(tmp_path, tokenizers, kind):
     tokenizer = tokenizers[kind]
-    texts = TEXTS + random_texts(tokenizers["corpus"], 150)
+    texts = TEXTS + JAMO_TEXTS + random_texts(tokenizers["corpus"], 150)
     model = tiny_model("gru", tokenizer.vocab_size, tokenizer.bytes_from, layers=1, hidden=4)
     [encoded, surrogates] = run_js(tmp_path, model_payload(model, tokenizer),
                                    [{"op": "encode", "texts": texts}, {"op": "encode", "texts": SURROGATE_TEXTS}])
@@ -252,6 +260,34 @@ def test_js_stream_decoder_equals_the_tokenizers_including_broken_byte_runs(tmp_
     decoder = tokenizer.stream_decoder()
     assert js["pieces"] == [decoder(i) for i in ids]
     assert js["rest"] == decoder.flush() == "\ufffd"  # the last byte started a character that never ended
+
+
+def test_js_jamo_decoder_composes_syllables_as_the_tokenizers(tmp_path, tokenizers):
+    tokenizer = tokenizers["jamo"]
+    rng = random.Random(0)
+    jamo = [i for i in range(tokenizer.vocab_size) if tokenizer.role[i]]
+    bytes_ = [tokenizer.bytes_from + b for b in (0xED, 0x95, 0x9C, 0x41, 0xF0, 0x9F)]
+    others = [i for i in range(tokenizer.vocab_size)
+              if tokenizer.piece_text(i) and not tokenizer.role[i] and not tokenizer._byte[i] >= 0]
+    # Mostly jamo in any order: whole syllables, open ones, and vowels and finals that join nothing.
+    ids = [rng.choice(jamo if rng.random() < 0.7 else bytes_ if rng.random() < 0.3 else others) for _ in range(3000)]
+    ids += [int(tokenizer.encode("한")[0])]  # ends on an initial that nothing follows
+    model = tiny_model("rnn", tokenizer.vocab_size, tokenizer.bytes_from, layers=1, hidden=4)
+    [js] = run_js(tmp_path, model_payload(model, tokenizer), [{"op": "decode", "ids": ids}])
+    decoder = tokenizer.stream_decoder()
+    assert js["pieces"] == [decoder(i) for i in ids]
+    assert js["rest"] == decoder.flush() == "\u1112"
+    assert "".join(js["pieces"]) + js["rest"] == tokenizer.decode(ids)
+
+
+def test_js_jamo_sampling_writes_whole_syllables_and_the_text_encodes_back(tmp_path, tokenizers):
+    tokenizer = tokenizers["jamo"]
+    model = tiny_model("gru", tokenizer.vocab_size, tokenizer.bytes_from, seed=3)
+    tasks = [{"op": "sample", "prime": "안녕", "length": 300, "temperature": 1.0, "seed": seed} for seed in (1, 2)]
+    for js in run_js(tmp_path, model_payload(model, tokenizer), tasks):
+        assert js["text"] == tokenizer.decode(js["ids"])
+        assert "\ufffd" not in js["text"] and len(js["text"]) >= 300
+        assert any(0xAC00 <= ord(ch) <= 0xD7A3 for ch in js["text"]), "an untrained model still composes some"
 
 
 # -- sampling -------------------------------------------------------------------------------------------

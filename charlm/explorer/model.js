@@ -14,7 +14,8 @@
  *   model.vocabSize, model.newlineId
  *   model.encode(text) -> {ids, chars, charToken}
  *       ids: Int32Array of token ids, exactly as charlm's Tokenizer.encode gives them (byte fallback
- *       for characters outside the vocabulary, and always for U+2581 and lone surrogates);
+ *       for characters outside the vocabulary, and always for U+2581 and lone surrogates; for a
+ *       jamo tokenizer, each Hangul syllable as its 2 or 3 jamo, or its bytes if one is unknown);
  *       chars: the text's characters, one per code point (what Array.from(text) gives);
  *       charToken: Int32Array, for each of chars the index in ids of the token that completes it,
  *       as charlm.neurons.align_text gives it (a byte-fallback character: its last byte token; a
@@ -33,14 +34,16 @@
  *   model.tokenText(id) -> string              the same display text of one token
  *   model.decoder() -> decoder                 ids to text as they come: decoder.push(id) -> the text
  *       it completes (byte tokens wait until they form a whole UTF-8 character), decoder.flush() ->
- *       what is held back (an incomplete character comes out as U+FFFD), decoder.pending: bytes held
+ *       what is held back (an incomplete character comes out as U+FFFD), decoder.pending: bytes held.
+ *       A jamo model's decoder composes syllables as charlm's JamoStreamDecoder does.
  *   model.sample(state, temperature, rng?, decoder?) -> id
  *       temperature 0: the likeliest token; otherwise probabilities to the power 1/temperature.
  *       Special ids are never drawn, nor any byte token that would break UTF-8: pass the decoder
  *       that will receive the id, so that a started character is always finished.
  *       rng defaults to Math.random.
  *   model.continueText(state, length, temperature, rng?, decoder?) -> {ids, text, state}
- *       draws until `length` characters are written and no character is left half made.
+ *       draws until `length` characters are written and no character is left half made (a
+ *       syllable still open at the end, waiting for a final, is written as it stands).
  */
 (function (root) {
   "use strict"; // inside the function, so that it holds wherever the page puts this script
@@ -57,6 +60,21 @@
   const UNK_PENALTY = 10; // sentencepiece's kUnkPenalty: an unknown character scores min_score - 10
   const FLT_MAX = 3.4028234663852886e38;
   const FLT_MIN = 1.1754943508222875e-38; // sentencepiece starts max_score there, the smallest normal float
+
+  // Unicode's Hangul syllable arithmetic (as charlm/jamo.py): S = S_BASE + (L * V_COUNT + V) * T_COUNT + T.
+  const S_BASE = 0xac00;
+  const L_BASE = 0x1100;
+  const V_BASE = 0x1161;
+  const T_BASE = 0x11a7;
+  const L_COUNT = 19;
+  const V_COUNT = 21;
+  const T_COUNT = 28;
+  const N_COUNT = V_COUNT * T_COUNT;
+  const S_COUNT = L_COUNT * N_COUNT;
+  const INITIAL = 1;
+  const VOWEL = 2;
+  const FINAL = 3;
+  const JAMO_BASES = { [INITIAL]: L_BASE, [VOWEL]: V_BASE, [FINAL]: T_BASE };
 
   // A tokenizer kind that first rewrites each character into the symbols its vocabulary holds
   // registers it here: (chars: string[]) -> {symbols: string[], source: Int32Array}, where
@@ -226,6 +244,68 @@
     }
   }
 
+  /** A jamo model's ids to text, as charlm's JamoStreamDecoder: decomposed jamo are composed into
+   * a syllable, given out once the next id shows it cannot grow (a final, or anything else after
+   * a vowel); a jamo that joins nothing comes out as the conjoining jamo itself. Byte ids go
+   * through the UTF-8 decoder; `pending` counts its bytes only (a held syllable is whole text). */
+  class JamoDecoder {
+    constructor(tokenizer) {
+      this.tokenizer = tokenizer;
+      this.plain = new StreamDecoder(tokenizer);
+      this.initial = -1;
+      this.vowel = -1;
+    }
+
+    get pending() {
+      return this.plain.pending;
+    }
+
+    acceptsByte(byte) {
+      return this.plain.acceptsByte(byte);
+    }
+
+    push(id) {
+      const role = this.tokenizer.jamoRole[id];
+      if (!role) {
+        const earlier = this.release();
+        return earlier + this.plain.push(id);
+      }
+      const index = this.tokenizer.jamoIndex[id];
+      let earlier = this.plain.flush(); // bytes left without the rest of their character
+      if (role === INITIAL) {
+        earlier += this.release();
+        this.initial = index;
+        return earlier;
+      }
+      if (role === VOWEL && this.initial >= 0 && this.vowel < 0) {
+        this.vowel = index;
+        return earlier;
+      }
+      if (role === FINAL && this.vowel >= 0) {
+        const text = syllableText(this.initial, this.vowel, index);
+        this.initial = this.vowel = -1;
+        return earlier + text;
+      }
+      return earlier + this.release() + String.fromCharCode(JAMO_BASES[role] + index);
+    }
+
+    /** The partial syllable held, as text: a syllable without a final, or a lone initial. */
+    release() {
+      if (this.initial < 0) return "";
+      const text = this.vowel >= 0 ? syllableText(this.initial, this.vowel, 0) : String.fromCharCode(L_BASE + this.initial);
+      this.initial = this.vowel = -1;
+      return text;
+    }
+
+    flush() {
+      return this.release() + this.plain.flush();
+    }
+  }
+
+  function syllableText(initial, vowel, final) {
+    return String.fromCharCode(S_BASE + (initial * V_COUNT + vowel) * T_COUNT + final);
+  }
+
   // -- the tokenizer -------------------------------------------------------------------------------
   function needsBytes(symbol) {
     // sentencepiece reads U+2581 as its own space mark, and UTF-8 cannot carry a lone surrogate.
@@ -257,16 +337,42 @@
       this.special = new Uint8Array(this.vocabSize);
       for (const id of table.special) this.special[id] = 1;
       this.unkId = table.unk_id;
-      if (this.kind === "char") {
+      if (this.kind === "char" || this.kind === "jamo") {
+        this.jamoRole = new Int8Array(this.vocabSize);
+        if (this.kind === "jamo") this.initJamo(table);
         this.idOfChar = new Map();
         this.pieces.forEach((piece, id) => {
-          if (Array.from(piece).length === 1) this.idOfChar.set(piece, id);
+          if (Array.from(piece).length === 1 && !this.jamoRole[id]) this.idOfChar.set(piece, id);
         });
       } else if (this.kind === "unigram" || this.kind === "bpe") {
         this.initSubword(table);
       } else {
         throw new Error(`charlm model: the ${JSON.stringify(this.kind)} tokenizer cannot run in the page`);
       }
+    }
+
+    /** A jamo vocabulary: which ids are a decomposed syllable's initial, vowel or final (their
+     * pieces show the conjoining jamo, but they are not the jamo a text may hold), and the id of
+     * each jamo of each role (-1: not in the vocabulary). */
+    initJamo(table) {
+      this.jamoIndex = Int8Array.from(table.jamo_index);
+      this.jamoId = { [INITIAL]: new Int32Array(L_COUNT).fill(-1), [VOWEL]: new Int32Array(V_COUNT).fill(-1),
+        [FINAL]: new Int32Array(T_COUNT).fill(-1) };
+      table.jamo_role.forEach((role, id) => {
+        this.jamoRole[id] = role;
+        if (role) this.jamoId[role][this.jamoIndex[id]] = id;
+      });
+    }
+
+    /** The ids that spell a Hangul syllable (2 or 3), or null: it falls back whole to its bytes. */
+    spellSyllable(point) {
+      const s = point - S_BASE;
+      const initial = this.jamoId[INITIAL][Math.floor(s / N_COUNT)];
+      const vowel = this.jamoId[VOWEL][Math.floor((s % N_COUNT) / T_COUNT)];
+      const finalIndex = s % T_COUNT;
+      const final = finalIndex ? this.jamoId[FINAL][finalIndex] : 0;
+      if (initial < 0 || vowel < 0 || final < 0) return null;
+      return finalIndex ? [initial, vowel, final] : [initial, vowel];
     }
 
     /** What sentencepiece keeps for its encoders: pieces by text (normal, user-defined and
@@ -312,8 +418,15 @@
       const split = PRE_SPLIT[this.kind] ? PRE_SPLIT[this.kind](chars) : identitySplit(chars);
       const symbols = split.symbols;
       const out = new TokenList(symbols.length, this.byteIds);
-      if (this.kind === "char") {
+      if (this.kind === "char" || this.kind === "jamo") {
         symbols.forEach((symbol, j) => {
+          const point = symbol.codePointAt(0);
+          if (this.kind === "jamo" && point >= S_BASE && point < S_BASE + S_COUNT) {
+            const spelled = this.spellSyllable(point);
+            if (spelled === null) out.addBytes(symbol, j);
+            else for (const id of spelled) out.add(id, j, j + 1);
+            return;
+          }
           const id = needsBytes(symbol) ? undefined : this.idOfChar.get(symbol);
           if (id === undefined) out.addBytes(symbol, j);
           else out.add(id, j, j + 1);
@@ -684,7 +797,7 @@
     }
 
     decoder() {
-      return new StreamDecoder(this.tokenizer);
+      return this.tokenizer.kind === "jamo" ? new JamoDecoder(this.tokenizer) : new StreamDecoder(this.tokenizer);
     }
 
     /** Whether `id` may be drawn next: no special id, and nothing that breaks UTF-8. */
@@ -733,6 +846,8 @@
         written += Array.from(piece).length;
         current = this.step(id, current).state;
       }
+      // A syllable still open (its final may never come) is written as it stands.
+      if (decode.release) text += decode.release();
       return { ids, text, state: current };
     }
   }

@@ -420,7 +420,7 @@ const CharlmExplorer = (function () {
     const { layers, hidden } = app.data.model;
     const names = app.data.states.map((s) => s.name);
     let layer = layers - 1;
-    let state = "h";
+    let state = names[0]; // h, or for a backward model h<
     let unit;
     if (parts.length === 3) [layer, state, unit] = [Number(parts[0]), parts[1], Number(parts[2])];
     else if (parts.length === 2) [state, unit] = [parts[0], Number(parts[1])];
@@ -577,11 +577,13 @@ const CharlmExplorer = (function () {
     shown.textContent = glyphLabel(app.chars[i]);
     head.append(shown, ` character ${(i + 1).toLocaleString()} · `);
     const bits = app.surprisal[i];
-    head.append(bits === 65535 ? "surprisal: nothing before it" : `surprisal ${(bits / 100).toFixed(2)} bits`);
+    const backward = app.data.model.direction === "backward";
+    head.append(bits === 65535 ? `surprisal: nothing ${backward ? "after" : "before"} it`
+      : `surprisal ${(bits / 100).toFixed(2)} bits`);
     if (app.unit && app.values) head.append(` · ${unitName(app.unit)} = ${formatValue(app.values[t])}`);
     box.appendChild(head);
     const guesses = document.createElement("div");
-    guesses.append("next: ");
+    guesses.append(backward ? "previous (the model reads right to left): " : "next: ");
     for (let k = 0; k < 5; k++) {
       const chip = document.createElement("span");
       chip.className = "guess";
@@ -917,6 +919,7 @@ const CharlmExplorer = (function () {
   }
 
   // -- live ---------------------------------------------------------------------------------------
+  const LIVE_HELP = "type or paste: the page runs the model and colours your text by the selected unit";
   const live = { chars: [], ids: [], steps: [], spans: [] };
 
   /** Run the model over the typed text, again only from the first token that changed. */
@@ -955,6 +958,14 @@ const CharlmExplorer = (function () {
   function colourLive() {
     if (!app.model || !app.unit || !live.spans.length) return;
     const { layer, state, unit } = app.unit;
+    const help = document.getElementById("live-help");
+    if (!app.model.stateNames.includes(state)) { // a backward unit: the page runs the forward model only
+      help.textContent = `${unitName(app.unit)} belongs to the backward model, which the page does not run: ` +
+        "select a forward unit to colour what you type";
+      for (const span of live.spans) { span.style.backgroundColor = ""; span.title = ""; }
+      return;
+    }
+    help.textContent = LIVE_HELP;
     live.spans.forEach((span, i) => {
       const value = live.steps[live.charToken[i]].layers[layer][state][unit];
       span.style.backgroundColor = colourOf(value, app.scale);
@@ -1004,6 +1015,8 @@ const CharlmExplorer = (function () {
     const { model, checkpoint } = app.data;
     document.getElementById("model-line").textContent =
       `${checkpoint} · ${model.cell.toUpperCase()} ${model.layers}x${model.hidden} · ${model.tokenizer} tokenizer · ` +
+      (model.direction === "both" ? "forward and backward (biLM; backward units end in <) · "
+        : model.direction === "backward" ? "reads right to left (units end in <) · " : "") +
       `${app.chars.length.toLocaleString()} characters · ${app.model ? "live model embedded" : "no live model"}`;
     if (app.data.note) {
       const note = document.getElementById("note");
@@ -1042,7 +1055,7 @@ const CharlmExplorer = (function () {
     describeModel();
     app.feature = app.data.start.feature;
     const [layer, state, unit] = app.data.start.unit;
-    app.unit = available(state) ? { layer, state, unit } : { layer, state: "h", unit };
+    app.unit = available(state) ? { layer, state, unit } : { layer, state: app.data.stored[0].state, unit };
     app.values = unitValues(app.unit);
     app.scale = scaleFor(app.unit.state, app.values);
     showUnitLabel(app.unit, null);

@@ -36,6 +36,7 @@ import torch
 from ..config import NUM_BYTES
 from ..errors import CharlmError, UsageError
 from ..features import FEATURES, regex_feature
+from ..directions import Reader, readers
 from ..model import CharRNN
 from ..neurons import (
     CHUNK,
@@ -46,7 +47,9 @@ from ..neurons import (
     STATES,
     AlignedText,
     align_text,
-    scan,
+    scan_readers,
+    search_units,
+    state_names,
     stream_layout,
 )
 from ..tokenizer import Tokenizer
@@ -170,18 +173,31 @@ def _next_token_nll(model: CharRNN, out: torch.Tensor, scores: torch.Tensor, tar
 
 def char_surprisal(aligned: AlignedText, token_nll: np.ndarray) -> np.ndarray:
     """Bits per character: the tokens read since the previous character was complete, shared evenly
-    by the characters their last token completes (a subword piece); NaN where the first token counts."""
+    by the characters their last token completes (a subword piece); NaN where a token of the span
+    has no figure (the one read first, which nothing predicted)."""
     n_chars = len(aligned.char_token)
     if n_chars == 0:
         return np.zeros(0)
     completing, first_char, counts = np.unique(aligned.char_token, return_index=True, return_counts=True)
-    known = np.nan_to_num(token_nll, nan=0.0)
-    total = np.concatenate([[0.0], np.cumsum(known)])  # total[t + 1]: tokens 0..t
+    unknown = np.isnan(token_nll)
+    total = np.concatenate([[0.0], np.cumsum(np.where(unknown, 0.0, token_nll))])  # total[t + 1]: tokens 0..t
+    missing = np.concatenate([[0], np.cumsum(unknown)])
     previous = np.concatenate([[-1], completing[:-1]])
     spans = total[completing + 1] - total[previous + 1]
     per_char = spans / counts / np.log(2)
-    per_char[previous < 0] = np.nan  # the span holds token 0, which nothing predicted
+    per_char[missing[completing + 1] > missing[previous + 1]] = np.nan
     return np.repeat(per_char, counts)
+
+
+def in_text_order(values: np.ndarray, reader: Reader, aligned: AlignedText) -> np.ndarray:
+    """Per-token values of `reader`'s pass, (tokens, ...) in its reading order, put in the text's token
+    order, where the page reads each character's value at its last token (char_token). A backward
+    model has read a character whole only at its first token, so that value is put at the last."""
+    if not reader.backward:
+        return values
+    ordered = values[::-1].copy()
+    ordered[aligned.char_token] = ordered[aligned.first_token()]
+    return ordered
 
 
 def _feature_values(text: str, regexes: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -202,15 +218,17 @@ def _feature_values(text: str, regexes: list[str]) -> tuple[dict[str, np.ndarray
     return features, flat
 
 
-def _state_sources(cell: str, live: bool) -> list[dict]:
-    """How the page gets each state: stored, or recomputed from stored h and the weights (which gate row)."""
+def _state_sources(cell: str, live: bool, suffix: str = "") -> list[dict]:
+    """How the page gets each state of the units whose state names end in `suffix`: stored, or
+    recomputed from stored h and the weights (which gate row). The page recomputes a forward
+    model's states only: a backward model's units show their stored h."""
     sources = []
     for state in STATES[cell]:
         kind = "sigmoid" if state in SIGMOID_GATES else "free" if state == "c" else "tanh"
-        entry = {"name": state, "range": kind}
+        entry = {"name": state + suffix, "range": kind}
         if state in STORED_STATES:
             entry["source"] = "stored"
-        elif not live:
+        elif not live or suffix:
             entry["source"] = None
         elif state == "c":
             entry["source"] = "lstm-cell"
@@ -234,62 +252,86 @@ def check_text(text: str, chars: int | None, source: str) -> str:
 
 
 @torch.no_grad()
-def explorer_data(model: CharRNN, tokenizer: Tokenizer, text: str, options: ExplorerOptions,
+def explorer_data(model, tokenizer: Tokenizer, text: str, options: ExplorerOptions,
                   checkpoint: str = "", on_progress: Callable[[int, int], None] | None = None) -> dict:
-    """Everything the page shows, as JSON-ready data (see the module docstring for what is stored how)."""
-    from .weights import estimate_payload_bytes, model_payload
+    """Everything the page shows, as JSON-ready data (see the module docstring for what is stored how).
+    `model` is a CharRNN or a biLM (directions.BiLM), whose backward units have states of their own."""
+    from .weights import LIVE_KINDS, estimate_payload_bytes, model_payload
 
     config = model.config
     cell, layers, hidden = config.cell, config.layers, config.hidden
+    found = readers(model)
+    if found[0].direction == "bidirectional":
+        raise UsageError("--html: this model reads each chunk both ways to predict the next character, so it "
+                         "sees the answer (--cheat-demo); the explorer shows language models only")
     aligned = align_text(tokenizer, text)
     n_tokens = len(aligned.tokens)
-    if n_tokens * layers * hidden > MAX_STORED_VALUES:
+    if n_tokens * layers * hidden * len(found) > MAX_STORED_VALUES:
         raise UsageError(f"--chars: {len(aligned.text):,} characters of a {layers}x{hidden} model would make a page "
-                         f"of about {n_tokens * layers * hidden / 1e6:.0f} MB; give a smaller --chars")
+                         f"of about {n_tokens * layers * hidden * len(found) / 1e6:.0f} MB; give a smaller --chars")
     features, flat = _feature_values(aligned.text, options.find_regex)
+    # What the search correlates over, as `--find` does: characters, or a jamo model's tokens.
+    units, features = search_units(tokenizer, aligned, features)
     streams, length = stream_layout(n_tokens, options.streams)
-    capture = _Capture(n_tokens, layers, hidden, streams, length, CHUNK, cell == "lstm")
-    wanted = {layer: set(STATES[cell]) for layer in range(layers)}
-    result = scan(model, aligned, features, wanted, saturation=cell != "rnn", device="cpu", streams=options.streams,
-                  on_progress=on_progress, on_chunk=capture)
+    captures: dict[str, _Capture] = {}
 
+    def capture(reader: Reader) -> _Capture:
+        captures[reader.direction] = _Capture(n_tokens, layers, hidden, streams, length, CHUNK, cell == "lstm")
+        return captures[reader.direction]
+
+    names = state_names(config)
+    wanted = {layer: set(names) for layer in range(layers)}
+    result = scan_readers(model, units, features, wanted, saturation=cell != "rnn", device="cpu",
+                          streams=options.streams, on_progress=on_progress, on_chunk=capture)
+
+    forward = next((reader for reader in found if not reader.backward), None)
     model_bytes = estimate_payload_bytes(config, tokenizer)
-    live = model_bytes <= options.model_limit
-    note = None if live else (f"the model's weights take {model_bytes / 2**20:.1f} MB, more than the "
-                              f"{options.model_limit / 2**20:.1f} MB a page embeds: no live mode, and only h "
-                              "is shown (gates and cell states need the weights)")
-    hs = [capture.h_in_token_order(layer) for layer in range(layers)]
-    guess_ids, guess_probs, token_nll = _predictions(model, hs[-1], aligned.tokens)
-    surprisal = char_surprisal(aligned, token_nll)
+    live = forward is not None and tokenizer.kind in LIVE_KINDS and model_bytes <= options.model_limit
+    note = None
+    if forward is None:
+        note = ("this model reads backward: no live mode (the page runs a forward model), and only h< is shown "
+                "(the page recomputes gates and cell states of a forward model)")
+    elif tokenizer.kind not in LIVE_KINDS:
+        note = f"the page cannot encode text for a {tokenizer.kind} tokenizer: no live mode, and only h is shown"
+    elif not live:
+        note = (f"the model's weights take {model_bytes / 2**20:.1f} MB, more than the "
+                f"{options.model_limit / 2**20:.1f} MB a page embeds: no live mode, and only h "
+                "is shown (gates and cell states need the weights)")
+
+    stored = []
+    for reader in found:
+        for layer in range(layers):
+            q, scale = quantise(in_text_order(captures[reader.direction].h_in_token_order(layer), reader, aligned))
+            stored.append({"layer": layer, "state": "h" + reader.suffix, "values": pack(q), "scale": pack(scale)})
+    # Hover: the first model's guesses (the next character, or for a backward model the previous one).
+    first = found[0]
+    guess_ids, guess_probs, token_nll = _predictions(first.model, captures[first.direction].h_in_token_order(layers - 1),
+                                                     first.order(aligned.tokens))
+    guess_ids, guess_probs = (in_text_order(a, first, aligned) for a in (guess_ids, guess_probs))
+    surprisal = char_surprisal(aligned, token_nll[::-1] if first.backward else token_nll)
     centibits = np.where(np.isnan(surprisal), NO_SURPRISAL, np.clip(np.rint(surprisal * 100), 0, NO_SURPRISAL - 1))
 
-    state_names = list(STATES[cell])
-    stored = []
-    for layer, h in enumerate(hs):
-        q, scale = quantise(h)
-        stored.append({"layer": layer, "state": "h", "values": pack(q), "scale": pack(scale)})
     rankings = []
     for name, ranking in result.rankings.items():
-        keys = np.array([(e.layer * len(state_names) + state_names.index(e.state)) * hidden + e.unit
-                         for e in ranking], np.int32)
+        keys = np.array([(e.layer * len(names) + names.index(e.state)) * hidden + e.unit for e in ranking], np.int32)
         rankings.append({"name": name, "regex": name.startswith("regex "), "keys": pack(keys),
                          "scores": pack(np.array([e.score for e in ranking], np.float64))})
     identity = tokenizer.kind == "char" and n_tokens == len(aligned.text)
+    cells = captures["forward"].c_ends if forward is not None else None
     data = {
         "format": FORMAT,
         "version": VERSION,
         "checkpoint": checkpoint,
         "model": {"cell": cell, "layers": layers, "hidden": hidden, "embedding": config.embedding,
-                  "vocab_size": config.vocab_size, "tokenizer": tokenizer.kind},
-        "states": _state_sources(cell, live),
+                  "vocab_size": config.vocab_size, "tokenizer": tokenizer.kind, "direction": config.direction},
+        "states": [entry for reader in found for entry in _state_sources(cell, live, reader.suffix)],
         "text": aligned.text,
         "tokens": pack(aligned.tokens.astype(np.int32)),
         "char_token": None if identity else pack(aligned.char_token.astype(np.int32)),
         "pieces": [tokenizer.piece_text(i) for i in range(tokenizer.vocab_size)],
         "streams": {"count": streams, "length": length, "chunk": CHUNK},
         "stored": stored,
-        "cell_snapshots": ([pack(capture.c_ends[layer]) for layer in range(layers)]
-                           if capture.c_ends is not None and live else None),
+        "cell_snapshots": [pack(cells[layer]) for layer in range(layers)] if cells is not None and live else None,
         "surprisal_centibits": pack(centibits.astype(np.uint16)),
         "guesses": {"ids": pack(guess_ids), "probs": pack(np.rint(guess_probs * 255).astype(np.uint8))},
         "rankings": rankings,
@@ -297,14 +339,14 @@ def explorer_data(model: CharRNN, tokenizer: Tokenizer, text: str, options: Expl
         "saturation": {"left_below": LEFT_SATURATED, "right_above": RIGHT_SATURATED,
                        "gates": [{"layer": g.layer, "gate": g.gate, "left": pack(g.left.astype(np.float32)),
                                   "right": pack(g.right.astype(np.float32))} for g in result.saturation]},
-        "start": _start(options, rankings, result.rankings, state_names),
-        "model_payload": model_payload(model, tokenizer) if live else None,
+        "start": _start(options, rankings, result.rankings, stored[0]["state"]),
+        "model_payload": model_payload(forward.model, tokenizer) if live else None,
         "note": note,
     }
     return data
 
 
-def _start(options: ExplorerOptions, packed: list[dict], rankings: dict, state_names: list[str]) -> dict:
+def _start(options: ExplorerOptions, packed: list[dict], rankings: dict, first_state: str) -> dict:
     """The feature and unit the page opens on: those asked for, else the feature with the best-scoring unit."""
     feature = options.find if options.find in rankings else None
     if feature is None and options.find_regex:
@@ -315,7 +357,7 @@ def _start(options: ExplorerOptions, packed: list[dict], rankings: dict, state_n
     if unit is None and feature is not None and rankings[feature]:
         best = rankings[feature][0]
         unit = [best.layer, best.state, best.unit]
-    return {"feature": feature, "unit": unit or [0, "h", 0]}
+    return {"feature": feature, "unit": unit or [0, first_state, 0]}
 
 
 # -- the page ----------------------------------------------------------------------------------------
@@ -385,7 +427,8 @@ def _check_start(model: CharRNN, options: ExplorerOptions) -> None:
         options.unit = (layer, state, unit)
     if not 0 <= layer < config.layers:
         raise UsageError(f"--layer {layer}: the model has {config.layers} layer(s) (0-{config.layers - 1})")
-    if state not in STATES[config.cell]:
-        raise UsageError(f"--state {state}: a {config.cell.upper()} unit has {', '.join(STATES[config.cell])}")
+    if state not in state_names(config):
+        raise UsageError(f"--state {state}: this {config.cell.upper()} model's units have "
+                         f"{', '.join(state_names(config))}")
     if not 0 <= unit < config.hidden:
         raise UsageError(f"--unit {unit}: the model has {config.hidden} units per layer (0-{config.hidden - 1})")

@@ -22,7 +22,7 @@ from ..tokenizer import Tokenizer
 
 FORMAT = "charlm-explorer-model"
 VERSION = 1
-LIVE_KINDS = ("char", "unigram", "bpe")  # the tokenizer kinds model.js can encode text for
+LIVE_KINDS = ("char", "jamo", "unigram", "bpe")  # the tokenizer kinds model.js can encode text for
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # rows of W_ih per unit, as PyTorch stacks them
 USER_DEFINED, UNUSED = 4, 5  # sentencepiece's ModelProto.SentencePiece.Type values
 # JSON around each array ({"shape": [...], "data": "..."}) and around the payload as a whole.
@@ -53,7 +53,8 @@ def model_payload(model: CharRNN, tokenizer: Tokenizer) -> dict:
 
 def tokenizer_table(tokenizer: Tokenizer) -> dict:
     """The piece table: each id's text ('' for byte and special ids), the id of each byte value,
-    the special ids, and for subword kinds each piece's score and the user-defined and unused ids."""
+    the special ids, for subword kinds each piece's score and the user-defined and unused ids, and
+    for jamo each id's role and index in a decomposed syllable."""
     sp = tokenizer._sp
     table = {
         "kind": tokenizer.kind,
@@ -62,6 +63,9 @@ def tokenizer_table(tokenizer: Tokenizer) -> dict:
         "special": sorted(tokenizer._special),
         "unk_id": sp.unk_id(),
     }
+    if tokenizer.kind == "jamo":  # which ids are a syllable's decomposed jamo (role 1-3: initial, vowel, final)
+        table["jamo_role"] = tokenizer.role.tolist()
+        table["jamo_index"] = tokenizer.jamo_index.tolist()
     if tokenizer.kind in ("unigram", "bpe"):
         types = piece_types(tokenizer.model)
         # float32 scores, written as the doubles they equal: model.js compares them exactly as sentencepiece does.
