@@ -4,10 +4,12 @@ Under bf16 autocast the matrix products (and on a CPU the LSTM's fused recurrenc
 bfloat16, while the weights, the optimizer's state and the checkpoints stay float32, and
 validation, `eval`, `sample` and `inspect-neurons` run in float32, so that figures compare
 across machines. `--precision auto` takes bf16 where it is native and known to pay: on a
-CUDA GPU that has it, and for an LSTM on a CPU with AVX512-BF16 or AMX (on a CPU, autocast
-leaves a GRU's recurrence in float32, and a vanilla RNN's gain is not measured yet). A CPU
-without them would emulate bf16 many times slower, or fail inside oneDNN, so asking for it
-there is an error rather than a silent slowdown.
+CUDA GPU that has it, and on a CPU with AVX512-BF16 or AMX for an LSTM or GRU of at least
+AUTO_BF16_CPU_WIDTH units. On such a CPU a training step of 384 or 512 units ran 1.1x to
+1.7x faster in bf16, but one of 256 units (the default for short runs) ran slower than in
+float32, and a vanilla RNN's gain is not measured (bench/README.md). A CPU without native
+bf16 would emulate it many times slower, or fail inside oneDNN, so asking for it there is
+an error rather than a silent slowdown.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import torch
 from .config import PRECISIONS
 from .errors import UsageError
 
-AUTO_BF16_CPU_CELLS = ("lstm",)  # where bf16 autocast was measured faster on a CPU (bench/README.md)
+AUTO_BF16_CPU_CELLS = ("lstm", "gru")  # where bf16 autocast was measured faster on a CPU (bench/README.md)
+AUTO_BF16_CPU_WIDTH = 384  # ... from this many units; at 256 float32 was the faster
 
 
 def cpu_has_native_bf16() -> bool:
@@ -60,8 +63,9 @@ class Precision:
         return f"{kind}; {self.why}"
 
 
-def resolve_precision(requested: str, device: torch.device, cell: str) -> Precision:
-    """The precision a run on `device` uses when `requested` is auto, fp32 or bf16.
+def resolve_precision(requested: str, device: torch.device, cell: str, hidden: int | None = None) -> Precision:
+    """The precision a run on `device` of a `cell` model `hidden` units wide (None: not known yet)
+    uses when `requested` is auto, fp32 or bf16.
 
     Raises UsageError for bf16 where the device cannot compute in it natively."""
     if requested not in PRECISIONS:
@@ -76,7 +80,9 @@ def resolve_precision(requested: str, device: torch.device, cell: str) -> Precis
     if not native:
         return Precision("fp32", f"auto: {lacking}")
     if device.type == "cpu" and cell not in AUTO_BF16_CPU_CELLS:
-        return Precision("fp32", f"auto: bf16 is measured faster on a CPU for an LSTM only, not a {cell.upper()}")
+        return Precision("fp32", f"auto: bf16 is not measured faster on a CPU for a {cell.upper()}")
+    if device.type == "cpu" and hidden is not None and hidden < AUTO_BF16_CPU_WIDTH:
+        return Precision("fp32", f"auto: float32 is the faster on a CPU below {AUTO_BF16_CPU_WIDTH} units")
     where = "this GPU" if device.type == "cuda" else "this CPU"
     return Precision("bf16", f"auto: native bf16 on {where}")
 

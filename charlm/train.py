@@ -176,7 +176,7 @@ class Trainer:
         self.state = TrainState()
         self.hidden = model.init_hidden(config.batch_size, device)
         # Master weights, optimizer state and checkpoints stay float32 under either precision.
-        self.precision = resolve_precision(config.precision, device, model.config.cell)
+        self.precision = resolve_precision(config.precision, device, model.config.cell, model.config.hidden)
         self.autocast = self.precision.autocast(device)
         self.threads = thread_tuner(device)  # None where the thread count is fixed
         self.lr = config.lr
