@@ -213,7 +213,8 @@ def train(
     device: Annotated[Optional[str], typer.Option(metavar="NAME",
                                                   help="auto, cpu, cuda or mps. \\[default: auto]")] = None,
     precision: Annotated[Optional[Precision], typer.Option(
-        metavar="auto|fp32|bf16", help="Training steps in bf16 autocast or float32. auto: bf16 on a GPU, and on a CPU "
+        metavar="auto|fp32|bf16",
+        help="Training steps in bf16 autocast or float32. auto: bf16 on a GPU, and on a CPU "
              "with native bf16 (AVX512-BF16, AMX) for an LSTM or GRU of 384 units or more, where it is the faster. "
              "Weights, checkpoints and evaluation stay float32. "
              "\\[default: auto]", show_default=False)] = None,

@@ -122,7 +122,8 @@ def test_rankings_of_jamo_and_backward_units_equal_find_json(tmp_path, capsys, k
         expected = json.loads(out)
         got = ranking_of(data, name)
         assert len(got) == len(expected) == directions * 2 * len(STATES["lstm"]) * 12
-        assert [(e["layer"], e["state"], e["unit"]) for e in got] == [(e["layer"], e["state"], e["unit"]) for e in expected]
+        assert [(e["layer"], e["state"], e["unit"]) for e in got] == \
+            [(e["layer"], e["state"], e["unit"]) for e in expected]
         assert np.allclose([e["score"] for e in got], [e["score"] for e in expected], rtol=0, atol=1e-9)
 
 

@@ -307,7 +307,8 @@ def test_a_jamo_page_spells_typed_korean_as_torch_does_and_writes_whole_syllable
     write_explorer(checkpoint, text, tmp_path / "page.html", ExplorerOptions())
     opened = Opened(browser, tmp_path / "page.html")
     page = opened.page
-    assert "jamo tokenizer" in page.text_content("#model-line") and "live model embedded" in page.text_content("#model-line")
+    described = page.text_content("#model-line")
+    assert "jamo tokenizer" in described and "live model embedded" in described
     assert page.locator("#text span").count() == len(text)
     page.fill("#jump-box", "0/h/5")
     page.click("#jump button")

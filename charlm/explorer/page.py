@@ -305,8 +305,8 @@ def explorer_data(model, tokenizer: Tokenizer, text: str, options: ExplorerOptio
             stored.append({"layer": layer, "state": "h" + reader.suffix, "values": pack(q), "scale": pack(scale)})
     # Hover: the first model's guesses (the next character, or for a backward model the previous one).
     first = found[0]
-    guess_ids, guess_probs, token_nll = _predictions(first.model, captures[first.direction].h_in_token_order(layers - 1),
-                                                     first.order(aligned.tokens))
+    top_h = captures[first.direction].h_in_token_order(layers - 1)
+    guess_ids, guess_probs, token_nll = _predictions(first.model, top_h, first.order(aligned.tokens))
     guess_ids, guess_probs = (in_text_order(a, first, aligned) for a in (guess_ids, guess_probs))
     surprisal = char_surprisal(aligned, token_nll[::-1] if first.backward else token_nll)
     centibits = np.where(np.isnan(surprisal), NO_SURPRISAL, np.clip(np.rint(surprisal * 100), 0, NO_SURPRISAL - 1))
