@@ -18,7 +18,16 @@ import typer
 from rich.console import Console, Group
 
 from . import __version__, options
-from .config import DROPOUT_BY_PASSES, LR_BY_CELL, LR_STEADY_STEPS, TOKENS_PER_PARAM, WIDTHS, ModelConfig, TrainConfig
+from .config import (
+    CELL_WIDTHS,
+    DROPOUT_BY_PASSES,
+    LR_BY_CELL,
+    LR_STEADY_STEPS,
+    TOKENS_PER_PARAM,
+    WIDTHS,
+    ModelConfig,
+    TrainConfig,
+)
 from .errors import CharlmError, UsageError
 from .explorer import DEFAULT_CHARS
 
@@ -121,7 +130,8 @@ def _lr_default() -> str:
 
 LR_DEFAULT = _lr_default()
 HIDDEN_DEFAULT = (f"the one of {', '.join(map(str, WIDTHS))} that the run feeds closest to {TOKENS_PER_PARAM:g} "
-                  "tokens per parameter, unless --layers or --dropout is given")
+                  "tokens per parameter, unless --layers or --dropout is given; "
+                  + "; ".join(f"a {cell.upper()} {', '.join(map(str, widths))}" for cell, widths in CELL_WIDTHS.items()))
 DROPOUT_DEFAULT = "by the passes the run makes over its text: " + ", ".join(
     f"{dropout:g} up to {most:g}" if most != float("inf") else f"{dropout:g} beyond"
     for most, dropout in DROPOUT_BY_PASSES)
@@ -623,6 +633,7 @@ def _export_views(parts: list, html: Path | None, svg: Path | None, title: str =
         if path is None:
             continue
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(export_views(parts, kind, width, title=title), encoding="utf-8")
         except OSError as e:
             raise CharlmError(f"{option} {path}: cannot write: {e.strerror}") from None
@@ -821,9 +832,19 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line, with the way to the traceback
         if debug:
             raise
+        if _out_of_memory(e):
+            _fail("charlm: out of memory: the model or batch does not fit in this machine's memory; "
+                  "give a smaller --hidden, --layers, --batch-size or --seq-len")
+            return 1
         _fail(f"charlm: internal error: {type(e).__name__}: {_one_line(str(e))} "
               "(run with CHARLM_DEBUG=1 for the traceback)")
         return 1
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """MemoryError, torch's OutOfMemoryError (a GPU), or the CPU allocator's RuntimeError."""
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(error))
 
 
 def _one_line(text: str) -> str:

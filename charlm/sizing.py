@@ -5,7 +5,8 @@ reads fewer characters in the same time, and a model that reads its text many ti
 memorizes it. charlm settles it with rules measured by characters seen (bench/tune.py,
 bench/README.md), so that they hold on any machine:
 
-- width: the one of WIDTHS whose training tokens per parameter come closest (by ratio) to
+- width: the one of the cell's widths (WIDTHS; a GRU only 256, CELL_WIDTHS) whose
+  training tokens per parameter come closest (by ratio) to
   TOKENS_PER_PARAM: a narrower model would have read its text too often for what it can
   hold, a wider one too little for what it could learn. Under --time-budget the tokens
   each width would read come from timing a few real training steps of it on the run's
@@ -34,7 +35,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DROPOUT_BY_PASSES, LR_BY_CELL, LR_STEADY_STEPS, TOKENS_PER_PARAM, WIDTHS, ModelConfig, TrainConfig
+from .config import (
+    CELL_WIDTHS,
+    DROPOUT_BY_PASSES,
+    LR_BY_CELL,
+    LR_STEADY_STEPS,
+    TOKENS_PER_PARAM,
+    WIDTHS,
+    ModelConfig,
+    TrainConfig,
+)
 from .errors import CharlmError
 
 GIVEN_BY_USER = ("hidden", "layers", "dropout")  # any of these: the user sizes the model
@@ -76,7 +86,7 @@ def choose_model(model_config: ModelConfig, config: TrainConfig, n_train: int, w
     from .model import CharRNN
 
     candidates = []
-    for width in WIDTHS:
+    for width in CELL_WIDTHS.get(model_config.cell, WIDTHS):
         candidate = replace(model_config, hidden=width, dropout=0.0)
         candidates.append(candidate)
         if planned_tokens(config, n_train, world, lambda: time_step(candidate)) <= \

@@ -207,6 +207,22 @@ def test_an_internal_bug_is_still_one_line_pointing_at_charlm_debug(inputs, caps
     assert "internal error" in line and "ZeroDivisionError" in line and "CHARLM_DEBUG=1" in line
 
 
+def test_a_model_too_big_for_memory_is_one_line_not_an_internal_error(inputs, capsys, tmp_path):
+    # Four million units: the recurrent weights alone would take hundreds of terabytes.
+    rc, _, err = run(["train", "{corpus}", "--hidden", "4000000", "--max-steps", "1", "--out",
+                      str(tmp_path / "huge")], inputs, capsys)
+    line = the_error(err, alone=False)
+    assert rc == 1
+    assert "out of memory" in line and "--hidden" in line and "internal error" not in line
+
+
+def test_a_view_or_page_written_into_a_folder_not_made_yet_makes_it(inputs, capsys, tmp_path):
+    rc, _, err = run(["inspect-neurons", "{model}", "{corpus}", "--svg", str(tmp_path / "new" / "view.svg")],
+                     inputs, capsys)
+    assert rc == 0, err
+    assert "<svg" in (tmp_path / "new" / "view.svg").read_text(encoding="utf-8")[:300]
+
+
 @pytest.mark.parametrize("argv, error", [(["sample", "{missing}"], UsageError),
                                           (["train", "{latin1}"], CharlmError),
                                           (["sample", "{model}", "--top-p", "2"], Exception)])

@@ -84,6 +84,14 @@ def test_a_time_budget_is_sized_by_each_widths_timed_step(faster, chosen):
         assert f"using {WIDTHS[-1]} units" in reason and "--hidden" in reason
 
 
+def test_a_gru_keeps_256_units_however_long_the_run():
+    config = TrainConfig(batch_size=10, seq_len=100, max_steps=10**6)  # a billion tokens
+    chosen, _ = choose_model(ModelConfig(70, "gru"), config, 10**10, 1, never)
+    assert chosen.hidden == 256
+    lstm, _ = choose_model(ModelConfig(70, "lstm"), config, 10**10, 1, never)
+    assert lstm.hidden == WIDTHS[-1]
+
+
 def test_each_width_is_timed_again_after_the_next_one_and_the_fastest_timing_counts(monkeypatch):
     # The machine gets busy during the first probe and quiet after it: timing the first
     # width again after the second keeps the ratio of their speeds honest.

@@ -411,6 +411,7 @@ def write_explorer(checkpoint: Path | str | dict, text: str, out: Path, options:
     data = explorer_data(model, tokenizer, text, options, str(payload["path"]), on_progress)
     page = ExplorerPage(render_page(data), len(data["text"]), data["model_payload"] is not None, data["note"])
     try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(page.html, encoding="utf-8")
     except OSError as e:
         raise CharlmError(f"--html {out}: cannot write: {e.strerror}") from None
