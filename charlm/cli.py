@@ -19,6 +19,7 @@ from rich.console import Console, Group
 
 from . import __version__, options
 from .config import (
+    CELL_TOKENS_PER_PARAM,
     CELL_WIDTHS,
     DROPOUT_BY_PASSES,
     LR_BY_CELL,
@@ -129,9 +130,12 @@ def _lr_default() -> str:
 
 
 LR_DEFAULT = _lr_default()
-HIDDEN_DEFAULT = (f"the one of {', '.join(map(str, WIDTHS))} that the run feeds closest to {TOKENS_PER_PARAM:g} "
-                  "tokens per parameter, unless --layers or --dropout is given; "
-                  + "; ".join(f"a {cell.upper()} {', '.join(map(str, widths))}" for cell, widths in CELL_WIDTHS.items()))
+HIDDEN_DEFAULT = (
+    f"the one of {', '.join(map(str, WIDTHS))} ("
+    + "; ".join(f"a {cell.upper()}: {', '.join(map(str, widths))}" for cell, widths in CELL_WIDTHS.items())
+    + f") that the run feeds closest to {TOKENS_PER_PARAM:g} training tokens per parameter ("
+    + "; ".join(f"a {cell.upper()}: {goal:g}" for cell, goal in CELL_TOKENS_PER_PARAM.items())
+    + "), unless --layers or --dropout is given")
 DROPOUT_DEFAULT = "by the passes the run makes over its text: " + ", ".join(
     f"{dropout:g} up to {most:g}" if most != float("inf") else f"{dropout:g} beyond"
     for most, dropout in DROPOUT_BY_PASSES)

@@ -106,11 +106,14 @@ class ModelConfig:
 # The model: the one of WIDTHS whose training tokens per parameter come closest (by ratio)
 # to TOKENS_PER_PARAM, unless --hidden, --layers or --dropout is given; then the dropout for
 # the number of passes it will make over its text: (at most this many passes, dropout).
-WIDTHS = (256, 512)  # 384 units learned less per character than 512 in every run (bench/README.md)
-# A GRU keeps 256 units: 512 did worse at 107 s (1.6036 against 1.5696) and at 600 s (1.5871
-# against 1.4882 for 256 at 6,000 steps) in every run of bench/README.md.
-CELL_WIDTHS = {"gru": (256,)}
+# 384 units learned less per character than 512 in every run; 768 won at 600 s on a CPU with
+# bf16 (bench/README.md), measured for an LSTM only: the other cells stop at 512.
+WIDTHS = (256, 512, 768)
+CELL_WIDTHS = {"gru": (256, 512), "rnn": (256, 512)}
 TOKENS_PER_PARAM = 3.0  # the 107 s and 250 s runs of bench/README.md place it between 2.45 and 5.85
+# A GRU needs more: 512 units lost to 256 at 1.7 and 3.7 tokens per parameter and won at 8.2
+# (bench/README.md), which places its goal between 9.2 and 22.
+CELL_TOKENS_PER_PARAM = {"gru": 10.0}
 DROPOUT_BY_PASSES = ((5.0, 0.0), (10.0, 0.1), (math.inf, 0.2))
 # The peak learning rate, unless --lr is given: the cell's, for a run of up to its steady
 # number of steps; a longer run gets the rate times sqrt(steady steps / its steps).

@@ -80,7 +80,8 @@ def resolve_precision(requested: str, device: torch.device, cell: str, hidden: i
     if not native:
         return Precision("fp32", f"auto: {lacking}")
     if device.type == "cpu" and cell not in AUTO_BF16_CPU_CELLS:
-        return Precision("fp32", f"auto: bf16 is not measured faster on a CPU for a {cell.upper()}")
+        article = "an" if cell == "rnn" else "a"
+        return Precision("fp32", f"auto: bf16 is not measured faster on a CPU for {article} {cell.upper()}")
     if device.type == "cpu" and hidden is not None and hidden < AUTO_BF16_CPU_WIDTH:
         return Precision("fp32", f"auto: float32 is the faster on a CPU below {AUTO_BF16_CPU_WIDTH} units")
     where = "this GPU" if device.type == "cuda" else "this CPU"

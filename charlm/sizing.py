@@ -5,10 +5,10 @@ reads fewer characters in the same time, and a model that reads its text many ti
 memorizes it. charlm settles it with rules measured by characters seen (bench/tune.py,
 bench/README.md), so that they hold on any machine:
 
-- width: the one of the cell's widths (WIDTHS; a GRU only 256, CELL_WIDTHS) whose
-  training tokens per parameter come closest (by ratio) to
-  TOKENS_PER_PARAM: a narrower model would have read its text too often for what it can
-  hold, a wider one too little for what it could learn. Under --time-budget the tokens
+- width: the one of WIDTHS (a GRU's and an RNN's: CELL_WIDTHS) whose training tokens per
+  parameter come closest (by ratio) to TOKENS_PER_PARAM (a GRU has its own, higher goal:
+  CELL_TOKENS_PER_PARAM): a narrower model would have read its text too often for what it
+  can hold, a wider one too little for what it could learn. Under --time-budget the tokens
   each width would read come from timing a few real training steps of it on the run's
   device, at the run's precision and thread count: a faster machine, or bf16, gets a
   wider model for the same budget. Under --epochs or --max-steps they are known.
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .config import (
+    CELL_TOKENS_PER_PARAM,
     CELL_WIDTHS,
     DROPOUT_BY_PASSES,
     LR_BY_CELL,
@@ -79,23 +80,24 @@ def plan_run(model_config: ModelConfig, config: TrainConfig, train_tokens: np.nd
 
 def choose_model(model_config: ModelConfig, config: TrainConfig, n_train: int, world: int,
                  time_step: Callable[[ModelConfig], float]) -> tuple[ModelConfig, str | None]:
-    """The width of WIDTHS whose tokens per parameter come closest to TOKENS_PER_PARAM, with the
-    dropout for its passes over the text; with the reason when that is not `model_config`.
+    """The one of the cell's widths whose tokens per parameter come closest to the cell's goal,
+    with the dropout for its passes over the text; with the reason when that is not `model_config`.
     `time_step(model)` gives the seconds of one step of `model`, and is called only under a
     time budget, from the narrowest width up, while wider ones still have a chance."""
     from .model import CharRNN
 
     candidates = []
+    goal = CELL_TOKENS_PER_PARAM.get(model_config.cell, TOKENS_PER_PARAM)
     for width in CELL_WIDTHS.get(model_config.cell, WIDTHS):
         candidate = replace(model_config, hidden=width, dropout=0.0)
         candidates.append(candidate)
         if planned_tokens(config, n_train, world, lambda: time_step(candidate)) <= \
-                TOKENS_PER_PARAM * CharRNN(candidate).num_params():
+                goal * CharRNN(candidate).num_params():
             break  # wider models read fewer tokens still, for more parameters: further off
 
     def off(candidate: ModelConfig) -> float:  # how far its tokens per parameter are from the goal, as a log ratio
         reads = planned_tokens(config, n_train, world, lambda: time_step(candidate))  # timed once, above
-        return abs(math.log(reads / CharRNN(candidate).num_params() / TOKENS_PER_PARAM))
+        return abs(math.log(reads / CharRNN(candidate).num_params() / goal))
 
     chosen = min(candidates, key=off)
     tokens = planned_tokens(config, n_train, world, lambda: time_step(chosen))

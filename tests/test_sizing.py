@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from charlm.checkpoint import load_checkpoint
-from charlm.config import (DROPOUT_BY_PASSES, LR_BY_CELL, LR_STEADY_STEPS, TOKENS_PER_PARAM, WIDTHS, ModelConfig,
-                           TrainConfig)
+from charlm.config import (CELL_TOKENS_PER_PARAM, DROPOUT_BY_PASSES, LR_BY_CELL, LR_STEADY_STEPS, TOKENS_PER_PARAM,
+                           WIDTHS, ModelConfig, TrainConfig)
 from charlm.corpus import open_corpus
 from charlm.model import CharRNN
 from charlm.sizing import (_StepTimer, choose_model, dropout_for, learning_rate, plan_run, planned_tokens,
@@ -63,14 +63,15 @@ def test_the_width_fed_closest_to_the_goal_tokens_per_parameter_is_chosen():
     assert chosen_width(100 * TOKENS_PER_PARAM * params(WIDTHS[-1])) == WIDTHS[-1]  # however long
 
 
-@pytest.mark.parametrize("faster, chosen", [(1.5, 0), (4.0, -1)])
-def test_a_time_budget_is_sized_by_each_widths_timed_step(faster, chosen):
+@pytest.mark.parametrize("faster, chosen, timed_widths", [(1.5, 0, 2), (16.0, -1, len(WIDTHS))])
+def test_a_time_budget_is_sized_by_each_widths_timed_step(faster, chosen, timed_widths):
     model = ModelConfig(70)
     config = TrainConfig(batch_size=10, seq_len=100, time_budget=100.0)
     # The narrowest width reads `faster` times the goal's tokens per parameter in the 100 s,
-    # the widest an eighth of that: the one closer to the goal, by ratio, is chosen.
+    # each wider one less, the widest an eighth of it: the one closest to the goal, by ratio,
+    # is chosen, and no width is timed after the first that falls short of the goal.
     goal = {w: TOKENS_PER_PARAM * params(w) / 100 for w in WIDTHS}  # the tokens/s that reach the goal
-    speed = {WIDTHS[0]: faster * goal[WIDTHS[0]], WIDTHS[-1]: faster / 8 * goal[WIDTHS[-1]]}
+    speed = {w: faster / 8 ** (k / (len(WIDTHS) - 1)) * goal[w] for k, w in enumerate(WIDTHS)}
     timed = []
 
     def time_step(candidate):
@@ -78,18 +79,25 @@ def test_a_time_budget_is_sized_by_each_widths_timed_step(faster, chosen):
         return 1000 / speed[candidate.hidden]
 
     picked, reason = choose_model(model, config, 10**9, 1, time_step)
-    assert picked.hidden == WIDTHS[chosen] and list(dict.fromkeys(timed)) == list(WIDTHS)
+    assert picked.hidden == WIDTHS[chosen] and list(dict.fromkeys(timed)) == list(WIDTHS[:timed_widths])
     assert (reason is None) == (chosen == 0)
     if reason:
         assert f"using {WIDTHS[-1]} units" in reason and "--hidden" in reason
 
 
-def test_a_gru_keeps_256_units_however_long_the_run():
-    config = TrainConfig(batch_size=10, seq_len=100, max_steps=10**6)  # a billion tokens
-    chosen, _ = choose_model(ModelConfig(70, "gru"), config, 10**10, 1, never)
-    assert chosen.hidden == 256
-    lstm, _ = choose_model(ModelConfig(70, "lstm"), config, 10**10, 1, never)
-    assert lstm.hidden == WIDTHS[-1]
+def test_a_gru_goes_wide_only_for_more_tokens_per_parameter_than_an_lstm():
+    goal = CELL_TOKENS_PER_PARAM["gru"]
+    assert goal > TOKENS_PER_PARAM
+
+    def chosen(cell: str, tokens: float) -> int:
+        config = TrainConfig(batch_size=10, seq_len=100, max_steps=max(1, round(tokens / 1000)))
+        return choose_model(ModelConfig(70, cell), config, 10**10, 1, never)[0].hidden
+
+    for cell, goal_of_cell in (("gru", goal), ("lstm", TOKENS_PER_PARAM)):
+        middle = goal_of_cell * math.sqrt(params(256, cell) * params(512, cell))
+        assert chosen(cell, 0.98 * middle) == 256 and chosen(cell, 1.02 * middle) == 512
+    # Enough tokens for a 512-wide LSTM leave a GRU at 256.
+    assert chosen("gru", 1.5 * TOKENS_PER_PARAM * math.sqrt(params(256, "gru") * params(512, "gru"))) == 256
 
 
 def test_each_width_is_timed_again_after_the_next_one_and_the_fastest_timing_counts(monkeypatch):
