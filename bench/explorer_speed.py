@@ -36,11 +36,14 @@ REPEATS = 3
 
 
 def train_default(corpus: Path, seconds: float, folder: Path) -> Path:
+    """The default model, an LSTM 1x256 (ModelConfig's; a longer run may get 512 units, whose page
+    is bigger: its weights alone take 7 MB), trained for `seconds`."""
     from charlm.corpus import open_corpus
     from charlm.train import train
 
     with redirect_stderr(io.StringIO()):
-        result = train(open_corpus([corpus]), {}, {"time_budget": seconds, "sample_length": 0}, out=folder / "run")
+        result = train(open_corpus([corpus]), {"hidden": 256}, {"time_budget": seconds, "sample_length": 0},
+                       out=folder / "run")
     return result.out_dir / "last.pt"
 
 

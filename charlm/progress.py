@@ -111,7 +111,8 @@ class RichReporter(Reporter):
                       + (f"dropout {model.dropout:g}, " if model.dropout else "") + f"{info['params']:,} parameters"
                       + _DIRECTIONS.get(getattr(model, "direction", "forward"), "")),
             ("data", f"{info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation; "
-                     f"{vocab}" + ("" if config.tokenizer == "char" else f" ({config.tokenizer})")),
+                     f"{vocab}" + ("" if config.tokenizer == "char" or isinstance(info["vocab"], str)
+                                   else f" ({config.tokenizer})")),
             ("steps", f"batch {config.batch_size} x seq {config.seq_len}, lr {config.lr:g} ({config.schedule}), "
                       f"stop after {_stops(config)}" + _forcing(config)),
             ("device", info["device"]),
