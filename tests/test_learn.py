@@ -5,13 +5,19 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
+import shlex
 import string
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import typer
 from rich.console import Console
+
+import charlm.cli
 
 from charlm.checkpoint import load_checkpoint
 from charlm.cli import main
@@ -305,3 +311,57 @@ def test_sample_novelty_is_shown_on_stderr_after_the_sample(lstm_run, capsys):
     assert [row.split("│")[1].strip() for row in rows] == ["10", "20", "40"]
     assert all(row.split("│")[3].strip().endswith("%") for row in rows)
     assert main(["sample", str(trained_run), "--length", "5", "--novelty", "missing.txt"]) == 2
+
+
+# -- the docs: docs/learn.md and its Korean version show what today's charlm prints ------------
+LEARN_DOCS = [Path(__file__).resolve().parents[1] / "docs" / name for name in ("learn.md", "learn.ko.md")]
+FENCED = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def _charlm_options() -> dict[str, set[str]]:
+    """Every subcommand of the real command line, with every spelling of its options
+    (secondary ones such as --no-x included, and --help)."""
+    group = typer.main.get_command(charlm.cli.app)
+    commands = {}
+    for name, command in group.commands.items():
+        spellings = {"--help"}
+        for param in command.params:
+            if param.param_type_name == "option":
+                spellings.update(param.opts)
+                spellings.update(param.secondary_opts)
+        commands[name] = spellings
+    return commands
+
+
+def _command_line_problems(line: str, commands: dict[str, set[str]]) -> list[str]:
+    """What is wrong with a `$ charlm SUBCOMMAND ...` line: an unknown subcommand or option."""
+    words = shlex.split(line[2:])
+    if len(words) < 2 or words[1] not in commands:
+        return [f"no such subcommand: {line}"]
+    known = commands[words[1]]
+    return [f"{words[1]} has no option {word.split('=')[0]}: {line}" for word in words[2:]
+            if word.startswith("--") and word.split("=")[0] not in known]
+
+
+def test_the_docs_guard_catches_a_renamed_option():
+    commands = _charlm_options()
+    assert "--no-clip" in commands["train"] and "--find" in commands["inspect-neurons"]
+    assert not _command_line_problems('$ charlm sample runs/bilm --backward --prime "the end." --seed 1', commands)
+    assert _command_line_problems("$ charlm train x.txt --no-clipping", commands)
+    assert _command_line_problems("$ charlm trian x.txt", commands)
+
+
+@pytest.mark.parametrize("doc", LEARN_DOCS, ids=lambda p: p.name)
+def test_the_learn_docs_show_what_charlm_prints_today(doc):
+    text = doc.read_text(encoding="utf-8")
+    assert "TODO(refresh)" not in text
+    blocks = FENCED.findall(text)
+    assert len(blocks) > 20
+    for block in blocks:
+        assert "\ufffd" not in block, "a sample with U+FFFD: today's sampler writes none"
+        assert "\u2026" not in block, "an output cut with \u2026 (a narrow terminal): show whole lines"
+    commands = _charlm_options()
+    lines = [line for block in blocks for line in block.splitlines() if line.startswith("$ charlm ")]
+    assert len(lines) > 25
+    problems = [problem for line in lines for problem in _command_line_problems(line, commands)]
+    assert not problems, "\n".join(problems)
