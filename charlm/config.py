@@ -103,10 +103,10 @@ class ModelConfig:
 
 
 # What a new run gets where the user did not choose (sizing.py; measured in bench/README.md).
-# The model: the one of WIDTHS whose training tokens per parameter come closest (by ratio)
-# to TOKENS_PER_PARAM, unless --hidden, --layers or --dropout is given; then the dropout for
-# the number of passes it will make over its text: (at most this many passes, dropout).
-# 384 units learned less per character than 512 in every run; 768 won at 600 s on a CPU with
+# The model, unless --hidden, --layers or --dropout is given: the one of WIDTHS whose training
+# tokens per parameter come closest (by ratio) to TOKENS_PER_PARAM, with the dropout of
+# DROPOUT_BY_PASSES for the passes it will make over its text: (at most this many, dropout).
+# 384 units learned less per character than 512 in every run; 768 (without dropout) beat 512 at 600 s on a CPU with
 # bf16 (bench/README.md), measured for an LSTM only: the other cells stop at 512.
 WIDTHS = (256, 512, 768)
 CELL_WIDTHS = {"gru": (256, 512), "rnn": (256, 512)}
