@@ -132,7 +132,8 @@ def _lr_default() -> str:
 LR_DEFAULT = _lr_default()
 HIDDEN_DEFAULT = (
     f"the one of {', '.join(map(str, WIDTHS))} ("
-    + "; ".join(f"a {cell.upper()}: {', '.join(map(str, widths))}" for cell, widths in CELL_WIDTHS.items())
+    + "; ".join(f"{'an' if cell == 'rnn' else 'a'} {cell.upper()}: {', '.join(map(str, widths))}"
+                for cell, widths in CELL_WIDTHS.items())
     + f") that the run feeds closest to {TOKENS_PER_PARAM:g} training tokens per parameter ("
     + "; ".join(f"a {cell.upper()}: {goal:g}" for cell, goal in CELL_TOKENS_PER_PARAM.items())
     + "), unless --layers or --dropout is given")

@@ -11,8 +11,11 @@ and deflated (base64 inside the page's JSON): about 0.9 byte a value. Gates and 
 states are not stored: the page recomputes them for the unit it shows from the stored h
 and the embedded weights (a row dot product per step), starting a cell state from the
 nearest stored snapshot. A model too big to embed still gets a page, with h only and no
-live mode, and says why. The page's own code is package data beside this module
-(page.html, page.css, page.js, and model.js for the forward pass), inlined as is.
+live mode, and says why. A backward model's units (a biLM has both kinds) are searched as
+`--find` searches them, reading right to left; their h is stored as state `h<`, each
+character's value taken where the model has read that character whole. The page's own
+code is package data beside this module (page.html, page.css, page.js, and model.js for
+the forward pass), inlined as is.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ import numpy as np
 import torch
 
 from ..config import NUM_BYTES
+from ..directions import Reader, readers
 from ..errors import CharlmError, UsageError
 from ..features import FEATURES, regex_feature
-from ..directions import Reader, readers
 from ..model import CharRNN
 from ..neurons import (
     CHUNK,
