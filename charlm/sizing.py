@@ -172,8 +172,8 @@ def seconds_per_step(model_config: ModelConfig, config: TrainConfig, train_token
     # The run's seed stays where it was, and anything the probe might write goes nowhere.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             tempfile.TemporaryDirectory(prefix="charlm-probe-") as folder:
-        trainer = Trainer(build_model(model_config), None, train_tokens, train_tokens[:0], 0, replace(config), Path(folder),
-                          device)
+        trainer = Trainer(build_model(model_config), None, train_tokens, train_tokens[:0], 0, replace(config),
+                          Path(folder), device)
         for i in range(2 + 50):
             t0 = time.perf_counter()
             trainer.train_step()
