@@ -919,8 +919,7 @@ const CharlmExplorer = (function () {
   }
 
   // -- live ---------------------------------------------------------------------------------------
-  const LIVE_HELP = "type or paste: the page runs the model and colours your text by the selected unit";
-  const live = { chars: [], ids: [], steps: [], spans: [] };
+  const live = { chars: [], ids: [], steps: [], spans: [], help: "" }; // help: page.html's own line
 
   /** Run the model over the typed text, again only from the first token that changed. */
   function runLive() {
@@ -965,7 +964,7 @@ const CharlmExplorer = (function () {
       for (const span of live.spans) { span.style.backgroundColor = ""; span.title = ""; }
       return;
     }
-    help.textContent = LIVE_HELP;
+    help.textContent = live.help;
     live.spans.forEach((span, i) => {
       const value = live.steps[live.charToken[i]].layers[layer][state][unit];
       span.style.backgroundColor = colourOf(value, app.scale);
@@ -985,6 +984,7 @@ const CharlmExplorer = (function () {
   }
 
   function setUpLive() {
+    live.help = document.getElementById("live-help").textContent;
     const section = document.getElementById("live");
     if (!app.model) {
       document.getElementById("live-help").textContent =
