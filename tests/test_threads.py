@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from charlm import threads
 from charlm.corpus import open_corpus
-from charlm.threads import (RETRY, RETRY_MAX, ThreadTuner, available_cpus, cgroup_cpu_quota, halvings,
+from charlm.threads import (CONTENDED, RETRY, RETRY_MAX, ThreadTuner, available_cpus, cgroup_cpu_quota, halvings,
                             thread_tuner, use_available_cpus)
 from charlm.train import train
 
@@ -117,18 +120,25 @@ def test_counts_to_try_halve_down_to_one():
 
 # -- the tuner, on a simulated machine ------------------------------------------------------------
 class Machine:
-    """A fake clock and a fake CPU whose speed (chars/s) at each thread count can change."""
+    """A fake clock and a fake CPU whose speed (chars/s) at each thread count can change.
+
+    `others` programs hold a core each; the training threads beyond the cores left wait for
+    one, which the kernel's run-queue delay tells (None for a kernel that does not)."""
 
     WINDOW = 0.5  # seconds of one logging window
 
-    def __init__(self, speeds: dict[int, float]):
+    def __init__(self, speeds: dict[int, float], others: int = 0, cores: int = 2, wait_known: bool = True):
         self.now = 0.0
-        self.speeds = speeds
+        self.speeds, self.others, self.cores, self.wait_known = speeds, others, cores, wait_known
         self.threads = max(speeds)
+        self.waited_so_far = 0.0
         self.log: list[tuple[float, int]] = []  # (time, threads) of each window
 
     def set_threads(self, count: int) -> None:
         self.threads = count
+
+    def waited(self) -> float | None:
+        return self.waited_so_far if self.wait_known else None
 
     def run(self, tuner: ThreadTuner, seconds: float) -> list[int]:
         """Windows for `seconds`; returns the lasting changes the tuner reported."""
@@ -136,6 +146,9 @@ class Machine:
         end = self.now + seconds
         while self.now < end:
             self.now += self.WINDOW
+            runnable = self.threads + self.others
+            if runnable > self.cores:  # the threads share the cores in turn
+                self.waited_so_far += self.WINDOW * self.threads * (1 - self.cores / runnable)
             self.log.append((self.now, self.threads))
             changed = tuner.observe(self.speeds[self.threads])
             if changed is not None:
@@ -148,46 +161,101 @@ class Machine:
 
 
 def tuner_on(machine: Machine) -> ThreadTuner:
-    return ThreadTuner(machine.threads, clock=lambda: machine.now, set_threads=machine.set_threads)
+    return ThreadTuner(machine.threads, clock=lambda: machine.now, set_threads=machine.set_threads,
+                       waited=machine.waited)
 
 
-def test_an_idle_machine_keeps_all_threads_and_trials_cost_little():
-    machine = Machine({2: 36_000, 1: 24_000})
+IDLE = {2: 36_000, 1: 24_000}
+BUSY = {2: 16_000, 1: 28_000}  # a busy program holds one of the two cores
+
+
+def test_an_idle_machine_keeps_all_threads_and_pays_for_no_trial():
+    machine = Machine(IDLE)
+    tuner = tuner_on(machine)
+    assert machine.run(tuner, 1800) == []
+    assert machine.share_at(2) == 1.0
+
+
+def test_without_the_kernels_wait_times_an_idle_machine_pays_for_a_few_trials():
+    machine = Machine(IDLE, wait_known=False)
     tuner = tuner_on(machine)
     assert machine.run(tuner, 107) == []
     assert machine.threads == 2
-    assert machine.share_at(1) < 0.02  # the trials of one thread: a few windows in 107 s
+    assert 0 < machine.share_at(1) < 0.02  # the trials of one thread: a few windows in 107 s
 
 
-def test_a_busy_core_moves_training_to_fewer_threads_at_once():
-    machine = Machine({2: 16_000, 1: 28_000})  # a busy program holds one of the two cores
+@pytest.mark.parametrize("wait_known", [True, False])
+def test_a_busy_core_moves_training_to_fewer_threads_at_once(wait_known):
+    machine = Machine(BUSY, others=1, wait_known=wait_known)
     tuner = tuner_on(machine)
     assert machine.run(tuner, 30) == [1]
     assert machine.share_at(1) > 0.85
     assert [t for _, t in machine.log[:4]].count(1) >= 1  # found within the first two seconds
 
 
-def test_a_collapse_brings_a_trial_of_fewer_threads_without_waiting():
-    machine = Machine({2: 36_000, 1: 24_000})
+@pytest.mark.parametrize("wait_known", [True, False])
+def test_a_collapse_brings_a_trial_of_fewer_threads_without_waiting(wait_known):
+    machine = Machine(IDLE, wait_known=wait_known)
     tuner = tuner_on(machine)
-    machine.run(tuner, 40)  # a periodic trial has just passed, the next one is a minute away
-    machine.speeds = {2: 4_000, 1: 20_000}  # another run starts beside this one
+    machine.run(tuner, 40)  # a periodic trial is past or due, the next one a minute away
+    machine.speeds, machine.others = {2: 4_000, 1: 20_000}, 1  # another run starts beside this one
     assert machine.run(tuner, 2) == [1]
     assert machine.threads == 1
 
 
-def test_threads_come_back_when_the_machine_is_quiet_again():
-    machine = Machine({2: 16_000, 1: 28_000})
+def test_a_slow_window_that_no_other_program_caused_brings_no_trial():
+    machine = Machine(IDLE)
+    tuner = tuner_on(machine)
+    machine.run(tuner, 40)
+    machine.speeds = {2: 12_000, 1: 8_000}  # slower for a reason of its own (a slower clock, say)
+    assert machine.run(tuner, 20) == []
+    assert machine.share_at(2, since=40) == 1.0
+
+
+@pytest.mark.parametrize("wait_known", [True, False])
+def test_threads_come_back_when_the_machine_is_quiet_again(wait_known):
+    machine = Machine(BUSY, others=1, wait_known=wait_known)
     tuner = tuner_on(machine)
     machine.run(tuner, 300)
     assert machine.threads == 1
-    machine.speeds = {2: 36_000, 1: 24_000}
+    machine.speeds, machine.others = IDLE, 0
     assert machine.run(tuner, RETRY_MAX + 10) == [2]
     assert machine.threads == 2
 
 
+def test_the_wait_for_a_cpu_is_read_from_each_threads_schedstat(tmp_path):
+    tasks = tmp_path / "task"
+    for tid, text in {"101": "5000 2500000000 7\n", "102": "10 500000000 3\n"}.items():
+        (tasks / tid).mkdir(parents=True)
+        (tasks / tid / "schedstat").write_text(text)
+    (tasks / "103").mkdir()  # a thread that ended between the listing and the read
+    assert threads.run_queue_wait(tasks) == pytest.approx(3.0)
+    assert threads.run_queue_wait(tmp_path / "missing") is None
+
+
+SHARED_CORE = """
+import os, subprocess, sys, time
+from charlm.threads import run_queue_wait
+os.sched_setaffinity(0, {0})
+rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # inherits the one core
+time.sleep(0.2)
+before, end = run_queue_wait(), time.perf_counter() + 0.6
+while time.perf_counter() < end:
+    pass
+print(run_queue_wait() - before)
+rival.kill()
+"""
+
+
+def test_a_process_sharing_its_core_with_a_busy_program_is_seen_to_wait():
+    if threads.run_queue_wait() is None or not hasattr(os, "sched_setaffinity"):
+        pytest.skip("this kernel keeps no run-queue delay per thread")
+    out = subprocess.run([sys.executable, "-c", SHARED_CORE], capture_output=True, text=True, check=True)
+    assert float(out.stdout) > CONTENDED * 0.6  # contended as the tuner judges it (about half of the 0.6 s)
+
+
 def test_trials_that_change_nothing_grow_rarer():
-    machine = Machine({2: 36_000, 1: 24_000})
+    machine = Machine(IDLE, wait_known=False)
     tuner = tuner_on(machine)
     machine.run(tuner, 1800)
     trial_windows = [when for when, t in machine.log if t == 1]
@@ -197,7 +265,7 @@ def test_trials_that_change_nothing_grow_rarer():
 
 
 def test_a_small_gain_is_not_worth_a_switch():
-    machine = Machine({2: 20_000, 1: 21_000})  # within the noise of a busy machine
+    machine = Machine({2: 20_000, 1: 21_000}, others=1)  # within the noise of a busy machine
     tuner = tuner_on(machine)
     assert machine.run(tuner, 200) == []
     assert machine.threads == 2
