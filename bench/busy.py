@@ -7,7 +7,9 @@ training seconds (the checkpoint's `elapsed`: the start-up and the final checkpo
 out). Thread choices: "auto" is charlm's own (threads.py: the CPUs this process may use,
 tuned while it trains); "N threads" pins OMP_NUM_THREADS=N, which charlm leaves alone.
 
-  alone           auto against torch's default (all cores), the choice before threads.py
+  alone           auto against torch's default (all cores), the choice before threads.py,
+                  medians of --rounds alternating pairs (single runs of a few seconds
+                  differ by 10-15% on an idle machine); target >= 1.0
   beside a loop   a one-thread busy loop (`while True: pass`) holds a core; auto against
                   the best of 1 and all threads; target >= 0.8x
   two at once     two auto runs started together; the later finish against two runs one
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--chars", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating pairs of runs alone")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     if hasattr(os, "sched_getaffinity"):
@@ -103,12 +107,20 @@ def main() -> None:
         one_run(corpus, folder, "warm-up", 5, None)  # caches and the vocabulary, so that no run pays for them
 
         print("alone:", flush=True)
-        alone = {t: one_run(corpus, folder, f"alone-{t}", args.steps, t) for t in fixed}
-        alone["auto"] = one_run(corpus, folder, "alone-auto", args.steps, None)
-        for key, result in alone.items():
-            print(f"  {label(key):>9}  {describe(result)}", flush=True)
-        print(f"  auto / {cores} threads (the default before): "
-              f"{alone['auto']['chars_per_sec'] / alone[cores]['chars_per_sec']:.2f} (target >= 1.0, within noise)")
+        if cores > 1:
+            print(f"  {label(1):>9}  {describe(one_run(corpus, folder, 'alone-1', args.steps, 1))}", flush=True)
+        rates: dict = {cores: [], "auto": []}
+        for round_ in range(args.rounds):
+            for key in (cores, "auto") if round_ % 2 == 0 else ("auto", cores):
+                result = one_run(corpus, folder, f"alone-{key}-{round_}", args.steps, None if key == "auto" else key)
+                rates[key].append(result["chars_per_sec"])
+                print(f"  {label(key):>9}  {describe(result)}", flush=True)
+        medians = {key: statistics.median(r) for key, r in rates.items()}
+        for key, median in medians.items():
+            print(f"  {label(key):>9}  median {median:9,.0f} chars/s over {args.rounds} runs "
+                  f"({min(rates[key]):,.0f} to {max(rates[key]):,.0f})")
+        print(f"  auto / {cores} threads (the default before), medians: "
+              f"{medians['auto'] / medians[cores]:.2f} (target >= 1.0, within noise)", flush=True)
 
         print("beside a one-thread busy loop:", flush=True)
         loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
