@@ -10,8 +10,9 @@ bench/README.md), so that they hold on any machine:
   CELL_TOKENS_PER_PARAM): a narrower model would have read its text too often for what it
   can hold, a wider one too little for what it could learn. Under --time-budget the tokens
   each width would read come from timing a few real training steps of it on the run's
-  device, at the run's precision and thread count: a faster machine, or bf16, gets a
-  wider model for the same budget. Under --epochs or --max-steps they are known.
+  device, at the run's precision and thread count (times SUSTAINED_PACE: a whole run is a
+  little slower than its first steps): a faster machine, or bf16, gets a wider model for
+  the same budget. Under --epochs or --max-steps they are known.
 - dropout: by how many times the chosen model will read its text (DROPOUT_BY_PASSES).
 - learning rate: the cell's (LR_BY_CELL) up to LR_STEADY_STEPS steps of the run, then
   falling as one over the square root of the run's steps: a GRU at 0.01 for ten minutes
@@ -50,6 +51,10 @@ from .errors import CharlmError
 
 GIVEN_BY_USER = ("hidden", "layers", "dropout")  # any of these: the user sizes the model
 PROBE_SECONDS = 0.3  # timed steps of the probe, after two untimed ones
+# A run keeps up a little less than the pace of the probe's first steps: the runs of
+# bench/README.md read 0.93 (float32, AVX2) and 0.78 (bf16, AVX512-BF16) of the tokens their
+# probe expected, at 107 s and 600 s alike.
+SUSTAINED_PACE = 0.85
 
 
 def plan_run(model_config: ModelConfig, config: TrainConfig, train_tokens: np.ndarray, given: dict[str, Any],
@@ -132,7 +137,7 @@ def planned_tokens(config: TrainConfig, n_train: int, world: int, time_step: Cal
     if config.max_steps:
         reads.append(config.max_steps * per_step)
     if config.time_budget:
-        reads.append(config.time_budget / time_step() * per_step)
+        reads.append(SUSTAINED_PACE * config.time_budget / time_step() * per_step)
     return min(reads) if reads else float(n_train)
 
 

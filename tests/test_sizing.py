@@ -15,8 +15,8 @@ from charlm.config import (CELL_TOKENS_PER_PARAM, DROPOUT_BY_PASSES, LR_BY_CELL,
                            WIDTHS, ModelConfig, TrainConfig)
 from charlm.corpus import open_corpus
 from charlm.model import CharRNN
-from charlm.sizing import (_StepTimer, choose_model, dropout_for, learning_rate, plan_run, planned_tokens,
-                           seconds_per_step)
+from charlm.sizing import (SUSTAINED_PACE, _StepTimer, choose_model, dropout_for, learning_rate, plan_run,
+                           planned_tokens, seconds_per_step)
 from charlm.train import train
 
 from .conftest import make_text
@@ -40,8 +40,8 @@ def test_tokens_come_from_the_first_stop():
     config.epochs = 2.0
     assert planned_tokens(config, 10_000, 1, never) == 20_000
     config.epochs = config.max_steps = None
-    config.time_budget = 10.0  # 10 s at 0.1 s a step: 100 steps of 100 tokens
-    assert planned_tokens(config, 10_000, 1, lambda: 0.1) == pytest.approx(10_000)
+    config.time_budget = 10.0  # 10 s at 0.1 s a step: 100 steps of 100 tokens, at the pace a run keeps up
+    assert planned_tokens(config, 10_000, 1, lambda: 0.1) == pytest.approx(SUSTAINED_PACE * 10_000)
 
 
 def chosen_width(tokens: float) -> int:
@@ -196,13 +196,14 @@ def test_runs_are_sized_and_their_rate_saved_in_the_checkpoint(tmp_path):
     assert (model["hidden"], model["dropout"], config["lr"]) == (40, 0.0, 0.02)
 
 
-@pytest.mark.parametrize("step_seconds, dropout", [(0.01, dropout_for(12)), (1.0, 0.0)])
+@pytest.mark.parametrize("step_seconds, dropout", [(0.01, dropout_for(12 * SUSTAINED_PACE)), (1.0, 0.0)])
 def test_a_time_budget_is_sized_by_the_timed_step(tmp_path, monkeypatch, step_seconds, dropout):
     corpus_file = tmp_path / "small.txt"
     corpus_file.write_text(make_text(1200), encoding="utf-8")
     timed = []
     monkeypatch.setattr("charlm.sizing.seconds_per_step", lambda *args: timed.append(args[0]) or step_seconds)
-    # 1 s of 128-token steps over about 1,080 tokens: 100 steps read it 12 times, 1 step not once.
+    # 1 s of 128-token steps over about 1,080 tokens: 100 steps read it 12 times (a run keeps up
+    # SUSTAINED_PACE of that), 1 step not once.
     model, _ = _checkpoint_configs(corpus_file, tmp_path / "run", {}, time_budget=1.0)
     assert (model["hidden"], model["dropout"]) == (WIDTHS[0], dropout)
     assert [m.hidden for m in timed] == [WIDTHS[0]]  # too few tokens for 256 units: no wider one is timed
