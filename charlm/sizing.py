@@ -52,8 +52,8 @@ from .errors import CharlmError
 GIVEN_BY_USER = ("hidden", "layers", "dropout")  # any of these: the user sizes the model
 PROBE_SECONDS = 0.3  # timed steps of the probe, after two untimed ones
 # A run keeps up a little less than the pace of the probe's first steps: the runs of
-# bench/README.md read 0.93 (float32, AVX2) and 0.78 (bf16, AVX512-BF16) of the tokens their
-# probe expected, at 107 s and 600 s alike.
+# bench/README.md read 0.93 and 0.84 (float32, AVX2; 107 s and 600 s) and 0.78 (bf16,
+# AVX512-BF16; both) of the tokens their probe expected.
 SUSTAINED_PACE = 0.85
 
 
